@@ -1,0 +1,1 @@
+"""indimail_tw: an IndiMail-compatible mail server on Twisted."""

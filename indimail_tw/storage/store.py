@@ -1,0 +1,89 @@
+"""The asynchronous user store the server uses (``IUserStore``).
+
+A thin facade: each method runs one repository transaction function in the
+engine's pool and returns a Deferred.  CLIs use the same repositories
+synchronously through ``engine.run_sync``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from indimail_tw.interfaces import IUserStore
+from indimail_tw.storage.engine import Engine, Txn
+from indimail_tw.storage.repos import (
+    AliasDomains, Aliases, AtrnMap, DirControl, IpAliasMap, LastAuth, Relay, VLimits,
+)
+from indimail_tw.storage.users import User, Users
+
+
+class Repos:
+    """All repositories, stateless; one shared instance is enough."""
+
+    users = Users()
+    aliases = Aliases()
+    lastauth = LastAuth()
+    relay = Relay()
+    atrn = AtrnMap()
+    ipmap = IpAliasMap()
+    aliasdomains = AliasDomains()
+    dircontrol = DirControl()
+    vlimits = VLimits()
+
+
+REPOS = Repos()
+
+
+def _lookup(txn: Txn, name: str, domain: str) -> tuple[User | None, str]:
+    real = REPOS.aliasdomains.real_domain(txn, domain) or domain
+    return REPOS.users.get(txn, name, real), real
+
+
+@implementer(IUserStore)
+class UserStore:
+    """Deferred-returning access to the user database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.repos = REPOS
+
+    def prepare(self) -> Deferred:
+        """Create missing tables and check the schema version."""
+        return self.engine.runInteraction(self.engine.prepare)
+
+    def get_user(self, name: str, domain: str) -> Deferred:
+        """Deferred[(User | None, real_domain)]: alias domains resolve to their real domain."""
+        return self.engine.runInteraction(_lookup, name, domain)
+
+    def real_domain(self, domain: str) -> Deferred:
+        return self.engine.runInteraction(self.repos.aliasdomains.real_domain, domain)
+
+    def alias_lines(self, alias: str, domain: str) -> Deferred:
+        return self.engine.runInteraction(self.repos.aliases.lines, alias, domain)
+
+    def record_lastauth(self, user: str, domain: str, service: str, remote_ip: str,
+                        quota: int = 0, gecos: str = "") -> Deferred:
+        return self.engine.runInteraction(self.repos.lastauth.record, user, domain,
+                                          service, remote_ip, quota, gecos)
+
+    def set_active(self, name: str, domain: str, active: bool) -> Deferred:
+        return self.engine.runInteraction(self.repos.users.set_active, name, domain, active)
+
+    def set_flags(self, name: str, domain: str, gid: int) -> Deferred:
+        return self.engine.runInteraction(self.repos.users.set_flags, name, domain, gid)
+
+    def add_relay(self, email: str, ipaddr: str, when: int) -> Deferred:
+        return self.engine.runInteraction(self.repos.relay.add, email, ipaddr, when)
+
+    def relay_allowed(self, ipaddr: str, since: int, email: str | None = None) -> Deferred:
+        return self.engine.runInteraction(self.repos.relay.allowed, ipaddr, since, email)
+
+    def atrn_domains(self, user: str, domain: str) -> Deferred:
+        return self.engine.runInteraction(self.repos.atrn.domains_of, user, domain)
+
+    def ip_domain(self, ipaddr: str) -> Deferred:
+        return self.engine.runInteraction(self.repos.ipmap.domain_for, ipaddr)
+
+    def close(self) -> None:
+        self.engine.close()
