@@ -306,7 +306,8 @@ def parse_host_mysql(text: str, environ: Mapping[str, str] | None = None,
 
     ``MYSQL_HOST``, ``MYSQL_USER``, ``MYSQL_PASSWD``, ``MYSQL_DATABASE``,
     ``MYSQL_VPORT`` and ``MYSQL_SOCKET`` override the file, as IndiMail's
-    variables override its control files.
+    variables override its control files.  ``host:root::3306`` means user root
+    with an empty password; a missing password field means IndiMail's default.
     """
     env = os.environ if environ is None else environ
     line = next((ln.strip() for ln in text.splitlines()
@@ -315,7 +316,9 @@ def parse_host_mysql(text: str, environ: Mapping[str, str] | None = None,
     defaults = MySQLParams()
     host = fields[0] if fields and fields[0] else defaults.host
     user = fields[1] if len(fields) > 1 and fields[1] else defaults.user
-    password = fields[2] if len(fields) > 2 and fields[2] else defaults.password
+    # An empty password field is an explicit empty password; only a missing
+    # field falls back to IndiMail's default.
+    password = fields[2] if len(fields) > 2 else defaults.password
     port, socket = defaults.port, None
     if len(fields) > 3 and fields[3]:
         if fields[3].startswith("/"):

@@ -213,3 +213,24 @@ class SQLiteOnlyTests(unittest.TestCase):
         engine.run_sync(engine.prepare)
         mode = engine.run_sync(lambda txn: txn.query_one("PRAGMA journal_mode"))[0]
         self.assertEqual(mode, "wal")
+
+
+class HostMysqlTests(unittest.SynchronousTestCase):
+    def test_forms(self):
+        from indimail_tw.storage.engine import parse_host_mysql
+        p = parse_host_mysql("db.example.com\n", {})
+        self.assertEqual((p.host, p.user, p.password, p.port, p.database),
+                         ("db.example.com", "indimail", "ssh-1.5-", 3306, "indimail"))
+        p = parse_host_mysql("# comment\n127.0.0.1:root::3307\n", {})
+        self.assertEqual((p.host, p.user, p.password, p.port), ("127.0.0.1", "root", "", 3307))
+        p = parse_host_mysql("localhost:u:p:/run/mysqld/mysqld.sock:ssl", {})
+        self.assertEqual((p.socket, p.ssl), ("/run/mysqld/mysqld.sock", True))
+        p = parse_host_mysql("localhost:u:p:3306", {"MYSQL_HOST": "h2", "MYSQL_VPORT": "3310",
+                                                     "MYSQL_DATABASE": "mail"})
+        self.assertEqual((p.host, p.port, p.database), ("h2", 3310, "mail"))
+
+    def test_bad_port(self):
+        from indimail_tw.errors import StoreError
+        from indimail_tw.storage.engine import parse_host_mysql
+        self.assertRaises(StoreError, parse_host_mysql, "h:u:p:notaport", {})
+        self.assertRaises(StoreError, parse_host_mysql, "h:u:p:70000", {})

@@ -1,0 +1,110 @@
+"""The running server's shared parts and the service tree that owns them.
+
+``ServerContext`` is what every protocol factory receives: paths, the live
+configuration, the user store, the portal.  ``IndiMailService`` starts and
+stops them and reloads the control files on SIGHUP without dropping
+connections (each connection keeps the settings snapshot it started with).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from twisted.application import service
+from twisted.cred.portal import Portal
+from twisted.logger import Logger
+
+from indimail_tw.auth.checkers import AuthPolicy, ChainChecker, IBindable, StoreChecker
+from indimail_tw.auth.realm import MaildirRealm
+from indimail_tw.config import Config, ControlDir
+from indimail_tw.paths import Paths
+from indimail_tw.storage.engine import Engine, open_engine
+from indimail_tw.storage.store import UserStore
+
+log = Logger()
+
+
+@dataclass
+class ServerContext:
+    paths: Paths
+    config: Config
+    engine: Engine
+    store: UserStore
+    portal: Portal
+    checker: Any
+    environ: Mapping[str, str]
+    reactor: Any = None
+    extras: dict = field(default_factory=dict)
+
+    def auth_policy(self) -> AuthPolicy:
+        settings = self.config.current
+        return AuthPolicy(environ=self.environ, configured_domain=settings.defaultdomain,
+                          locals=tuple(settings.locals))
+
+
+def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | None = None,
+                  reactor: Any = None) -> ServerContext:
+    """Open the store (creating missing tables, refusing a newer schema) and the portal.
+
+    Blocking: called once from ``makeService`` before the reactor runs, so a
+    bad database or control file stops the start with a clear message.
+    """
+    paths.ensure()
+    control = ControlDir(paths.control, environ)
+    config = Config(control)
+    engine = open_engine(paths, environ, create=True)
+    engine.run_sync(engine.prepare)
+    store = UserStore(engine)
+    checker = ChainChecker(checkers) if checkers else StoreChecker()
+    context = ServerContext(paths=paths, config=config, engine=engine, store=store,
+                            portal=Portal(MaildirRealm(store), [checker]), checker=checker,
+                            environ=environ, reactor=reactor)
+    _bind(context)
+    config.subscribe(lambda _settings: _bind(context))
+    return context
+
+
+def _bind(context: ServerContext) -> None:
+    if IBindable.providedBy(context.checker):
+        context.checker.bind(context.engine, context.auth_policy())
+
+
+class IndiMailService(service.MultiService):
+    """The root of the tree: owns the store, reloads configuration on SIGHUP."""
+
+    name = "indimail"
+
+    def __init__(self, context: ServerContext) -> None:
+        super().__init__()
+        self.context = context
+        self._previous_hup = None
+
+    def reload(self) -> bool:
+        ok = self.context.config.reload()
+        log.info("configuration reloaded" if ok else "configuration reload failed; "
+                 "keeping the previous settings")
+        return ok
+
+    def _on_hup(self, signum, frame) -> None:
+        reactor = self.context.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.callFromThread(self.reload)
+
+    def startService(self) -> None:  # noqa: N802
+        if hasattr(signal, "SIGHUP") and os.environ.get("INDIMAIL_NO_SIGHUP") is None:
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
+        super().startService()
+        log.info("indimail_tw started: root {root}, {engine} user store",
+                 root=self.context.paths.root, engine=self.context.engine.name)
+
+    def stopService(self):  # noqa: N802
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        d = super().stopService()
+        self.context.engine.close()
+        return d

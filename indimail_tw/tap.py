@@ -1,0 +1,79 @@
+"""``twistd indimail``: options and the service tree (no other logic here)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import strports
+from twisted.cred import strcred
+from twisted.python import usage
+
+from indimail_tw import listeners
+from indimail_tw.errors import ConfigError, StoreError
+from indimail_tw.paths import DEFAULT_ROOT, Paths
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    synopsis = "[options]"
+    longdesc = (
+        "IndiMail-compatible mail server. Listener options take Twisted endpoint "
+        "descriptions (e.g. tcp:2525:interface=127.0.0.1, ssl:465:privateKey=key.pem) and "
+        "may be repeated. Without any listener option every available protocol listens "
+        "on its standard port; with one, exactly the listeners given are started. "
+        "--auth selects credential checkers (tried in the order given; default: the "
+        "user store, 'indimail'); see --help-auth.")
+    optParameters = [
+        ["root", "r", None,
+         f"Data root (control/, tcp/, certs/, domains/, queue/, mail/, db/) "
+         f"[default: $INDIMAIL_ROOT or {DEFAULT_ROOT}]"],
+        ["control-dir", None, None,
+         "Control directory [default: $CONTROLDIR, else ROOT/control]"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listeners"] = []
+
+    def _listener(self, name: str, description: str) -> None:
+        self["listeners"].append((name, description))
+
+
+    def postOptions(self) -> None:  # noqa: N802
+        for name, description in self["listeners"]:
+            spec = listeners.PROTOCOLS[name]
+            if spec.build is None:
+                raise usage.UsageError(
+                    f"--{name}: the {spec.description} server is not available in this "
+                    f"version of indimail_tw")
+            try:
+                strports.service(description, None)
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(f"--{name}: bad endpoint description "
+                                       f"{description!r}: {e}") from None
+
+
+def _listener_option(spec: listeners.ProtocolSpec):
+    def opt(self: Options, description: str) -> None:
+        self._listener(spec.name, description)
+    opt.__doc__ = f"{spec.description} listener (repeatable) [default: {spec.default}]"
+    return opt
+
+
+for _spec in listeners.PROTOCOLS.values():
+    setattr(Options, f"opt_{_spec.name}", _listener_option(_spec))
+del _spec
+
+
+def makeService(options: Options):  # noqa: N802
+    from indimail_tw.service import IndiMailService, build_context
+
+    environ = dict(os.environ)
+    paths = Paths.resolve(options["root"], environ, options["control-dir"])
+    try:
+        context = build_context(paths, environ, options.get("credCheckers") or None)
+    except (StoreError, ConfigError, OSError) as e:
+        raise SystemExit(f"indimail: cannot start: {e}") from None
+    root = IndiMailService(context)
+    for name, description in listeners.selected(options["listeners"]):
+        listeners.PROTOCOLS[name].build(context, description).setServiceParent(root)
+    return root
