@@ -12,7 +12,8 @@ import os
 import shutil
 import socket
 import time
-from typing import Iterable
+from collections.abc import Iterable
+import contextlib
 
 _counter = 0
 
@@ -68,10 +69,8 @@ def _next() -> int:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def make_dirs(path: str, mode: int = 0o700) -> list[str]:

@@ -8,7 +8,7 @@ message, never silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclass
@@ -16,20 +16,33 @@ class ProtocolSpec:
     name: str
     description: str
     default: str
+    demo_port: int
+    tls: bool = False
     build: Callable | None = None
+
+    def demo_description(self, certificate: str) -> str:
+        """An unprivileged loopback listener for the demo (``make run``)."""
+        if self.tls:
+            return (f"ssl:{self.demo_port}:interface=127.0.0.1:"
+                    f"privateKey={_escape(certificate)}")
+        return f"tcp:{self.demo_port}:interface=127.0.0.1"
+
+
+def _escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:")
 
 
 PROTOCOLS: dict[str, ProtocolSpec] = {spec.name: spec for spec in (
-    ProtocolSpec("smtp", "SMTP (MX)", "tcp:25"),
-    ProtocolSpec("submission", "SMTP submission", "tcp:587"),
-    ProtocolSpec("smtps", "SMTP submission over implicit TLS", "ssl:465"),
-    ProtocolSpec("pop3", "POP3", "tcp:110"),
-    ProtocolSpec("pop3s", "POP3 over TLS", "ssl:995"),
-    ProtocolSpec("imap", "IMAP4", "tcp:143"),
-    ProtocolSpec("imaps", "IMAP4 over TLS", "ssl:993"),
-    ProtocolSpec("qmtp", "QMTP", "tcp:209"),
-    ProtocolSpec("qmqp", "QMQP", "tcp:628"),
-    ProtocolSpec("odmr", "ODMR/ATRN", "tcp:366"),
+    ProtocolSpec("smtp", "SMTP (MX)", "tcp:25", 2525),
+    ProtocolSpec("submission", "SMTP submission", "tcp:587", 2587),
+    ProtocolSpec("smtps", "SMTP submission over implicit TLS", "ssl:465", 2465, tls=True),
+    ProtocolSpec("pop3", "POP3", "tcp:110", 2110),
+    ProtocolSpec("pop3s", "POP3 over TLS", "ssl:995", 2995, tls=True),
+    ProtocolSpec("imap", "IMAP4", "tcp:143", 2143),
+    ProtocolSpec("imaps", "IMAP4 over TLS", "ssl:993", 2993, tls=True),
+    ProtocolSpec("qmtp", "QMTP", "tcp:209", 2209),
+    ProtocolSpec("qmqp", "QMQP", "tcp:628", 2628),
+    ProtocolSpec("odmr", "ODMR/ATRN", "tcp:366", 2366),
 )}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 DEFAULT_ROOT = "/var/indimail"
 
@@ -40,7 +40,7 @@ class Paths:
     @classmethod
     def resolve(cls, root: str | None = None,
                 environ: Mapping[str, str] | None = None,
-                control: str | None = None) -> "Paths":
+                control: str | None = None) -> Paths:
         """Resolve every location from an explicit root, the environment and defaults.
 
         An explicit ``control`` (the ``--control-dir`` option) wins over everything.

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from twisted.application import service
 from twisted.cred.portal import Portal

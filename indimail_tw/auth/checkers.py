@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -30,6 +30,7 @@ from indimail_tw.errors import StoreUnavailable
 from indimail_tw.storage.engine import Engine, Txn
 from indimail_tw.storage.store import REPOS
 from indimail_tw.storage.users import User
+import contextlib
 
 log = Logger()
 
@@ -259,10 +260,8 @@ class CheckpasswordChecker:
 
     @staticmethod
     def _kill(transport) -> None:
-        try:
+        with contextlib.suppress(ierror.ProcessExitedAlready):
             transport.signalProcess("KILL")
-        except ierror.ProcessExitedAlready:
-            pass
 
     @staticmethod
     def _cancel(result, timer):

@@ -105,7 +105,7 @@ class AvatarId(bytes):
 
     @classmethod
     def make(cls, address: str, user=None, no_relay: bool = False,
-             inactive: bool = False) -> "AvatarId":
+             inactive: bool = False) -> AvatarId:
         avatar = cls(address.encode())
         avatar.user = user
         avatar.no_relay = no_relay

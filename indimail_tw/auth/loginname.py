@@ -10,7 +10,7 @@ file.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 ATCHARS = "@%:"
 

@@ -37,7 +37,8 @@ class CheckpasswordCheckerFactory:
                 "(vchkpass, sys-checkpwd, ldap-checkpwd, a site script). Exit 0 accepts, "
                 "3 accepts without relaying, 111 is a temporary failure, anything else "
                 "refuses.")
-    argStringFormat = "The program and its arguments, e.g. checkpassword:/usr/sbin/vchkpass /bin/false"
+    argStringFormat = ("The program and its arguments, "
+                       "e.g. checkpassword:/usr/sbin/vchkpass /bin/false")
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
     def generateChecker(self, argstring: str = ""):  # noqa: N802

@@ -14,12 +14,14 @@ bounce), a key collision :class:`DuplicateEntry`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -47,7 +49,7 @@ class TableNames:
     hostcntrl: str = "hostcntrl"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "TableNames":
+    def from_env(cls, environ: Mapping[str, str]) -> TableNames:
         names = cls(
             indimail=environ.get("MYSQL_TABLE") or "indimail",
             indibak=environ.get("MYSQL_INACTIVE_TABLE") or "indibak",
@@ -63,7 +65,7 @@ class TableNames:
 class Txn:
     """A cursor in the engine's dialect: ``?`` placeholders everywhere."""
 
-    def __init__(self, cursor: Any, engine: "Engine") -> None:
+    def __init__(self, cursor: Any, engine: Engine) -> None:
         self._cursor = cursor
         self.engine = engine
         self.tables = engine.tables
@@ -125,10 +127,8 @@ class Engine:
             try:
                 result = fn(Txn(cursor, self), *args, **kw)
             except BaseException as e:
-                try:
+                with contextlib.suppress(Exception):
                     conn.rollback()
-                except Exception:  # noqa: BLE001
-                    pass
                 raise self.translate(e) from e
             try:
                 conn.commit()
@@ -136,10 +136,8 @@ class Engine:
                 raise self.translate(e) from e
             return result
         finally:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     def runInteraction(self, fn: Callable[..., T], *args: Any, **kw: Any) -> Deferred:
         """Run ``fn(txn, *args)`` in one transaction in the thread pool."""

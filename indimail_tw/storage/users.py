@@ -37,7 +37,7 @@ class User:
     def maildir(self) -> str:
         return f"{self.dir.rstrip('/')}/Maildir"
 
-    def with_(self, **changes: object) -> "User":
+    def with_(self, **changes: object) -> User:
         return replace(self, **changes)
 
 
@@ -56,7 +56,7 @@ class Users:
 
     def get(self, txn: Txn, name: str, domain: str) -> User | None:
         """The user, active first; ``None`` when neither table has it."""
-        for table, active in zip(self._tables(txn), (True, False)):
+        for table, active in zip(self._tables(txn), (True, False), strict=False):
             row = txn.query_one(f"SELECT {_COLUMNS} FROM {table} "
                                 "WHERE pw_name = ? AND pw_domain = ?", (name, domain))
             if row is not None:
@@ -135,7 +135,7 @@ class Users:
 
     def list_domain(self, txn: Txn, domain: str) -> list[User]:
         users = []
-        for table, active in zip(self._tables(txn), (True, False)):
+        for table, active in zip(self._tables(txn), (True, False), strict=False):
             rows = txn.query(f"SELECT {_COLUMNS} FROM {table} WHERE pw_domain = ? "
                              "ORDER BY pw_name", (domain,))
             users += [_row_to_user(r, active) for r in rows]
