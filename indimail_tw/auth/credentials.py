@@ -135,7 +135,7 @@ class ChallengeProof:
         secret = passwords.cram_secret(stored, enable_cram=self._enable_cram)
         if secret is None:
             return False
-        return bool(self._credentials.checkPassword(secret.encode()))
+        return bool(self._credentials.checkPassword(secret.encode("utf-8", "surrogateescape")))
 
 
 def proof_for(credentials, allow_clear: bool = False, enable_cram: bool = False):

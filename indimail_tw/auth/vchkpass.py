@@ -81,7 +81,7 @@ class _CramProof:
         secret = passwords.cram_secret(stored, enable_cram=self._enable_cram)
         if secret is None:
             return False
-        return any(c.checkPassword(secret.encode()) for c in self._creds)
+        return any(c.checkPassword(secret.encode("utf-8", "surrogateescape")) for c in self._creds)
 
 
 def _say(text: str) -> None:
