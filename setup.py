@@ -26,7 +26,7 @@ setup(
         "bcrypt",
         "cdbx",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "wheel", "setuptools", "ruff"]},
     entry_points={
         "console_scripts": [
             f"{name}=indimail_tw.admin.{name}:main" for name in ADMIN_TOOLS

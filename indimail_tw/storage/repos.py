@@ -47,6 +47,12 @@ class Aliases:
             "SELECT alias, valias_line FROM valias WHERE domain = ? "
             "ORDER BY alias, valias_line", (domain,))]
 
+    def list_all(self, txn: Txn) -> list[tuple[str, str, str]]:
+        """Every row as (alias, domain, line), by domain and alias (valias -s)."""
+        return [(r[0], r[1], r[2]) for r in txn.query(
+            "SELECT alias, domain, valias_line FROM valias "
+            "ORDER BY domain, alias, valias_line")]
+
     def reverse(self, txn: Txn, target: str) -> list[tuple[str, str, str]]:
         """Aliases whose lines deliver to ``target`` (valias -S)."""
         rows = txn.query("SELECT alias, domain, valias_line FROM valias "
@@ -138,6 +144,11 @@ class AtrnMap:
     def delete_user(self, txn: Txn, user: str, domain: str) -> int:
         return txn.execute("DELETE FROM atrn_map WHERE pw_name = ? AND pw_domain = ?",
                            (user, domain))
+
+    def delete_domain(self, txn: Txn, domain: str) -> int:
+        """Rows of the users of ``domain`` and every grant to pull ``domain`` (vdeldomain)."""
+        return txn.execute("DELETE FROM atrn_map WHERE pw_domain = ? OR domain_list = ?",
+                           (domain, domain))
 
 
 class IpAliasMap:

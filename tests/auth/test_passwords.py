@@ -71,7 +71,9 @@ def _need_libxcrypt() -> None:
 
 
 def _random_password() -> str:
-    return secrets.token_urlsafe(12) + "-Ä"  # some non-ASCII too, sent to tools as UTF-8
+    # Never starts with "-": tools take the password as an argument and would
+    # read it as an option.  Some non-ASCII too, sent to tools as UTF-8.
+    return "p" + secrets.token_urlsafe(12) + "-Ä"
 
 
 def _wrong(password: str) -> str:
