@@ -33,6 +33,8 @@ setup(
         ] + [
             "vchkpass=indimail_tw.auth.vchkpass:main",
             "indimail-demo=indimail_tw.admin.demo:main",
+            "tcprules=indimail_tw.policy.tcprules:main",
+            "vdelivermail=indimail_tw.delivery.vdelivermail:main",
         ],
     },
 )

@@ -47,3 +47,52 @@ class IMailbox(Interface):
     maildir = Attribute("The user's Maildir path.")
     flags = Attribute("pw_gid flag bits.")
     relay_allowed = Attribute("False when the account has NO_RELAY.")
+
+
+class IQueue(Interface):
+    """The durable queue (ARCHITECTURE.md section 4)."""
+
+    def enqueue(envelope, message):
+        """Store a message durably.
+
+        ``message`` is bytes or a readable binary file object.  Returns a
+        Deferred firing with the queue id only after the message and its
+        envelope are on disk (data fsynced, commit step done, directory
+        fsynced); it fails with a MailError (temporary, e.g. 452 4.3.1 for a
+        full disk) when that is impossible, leaving nothing half-committed.
+        """
+
+    def writer(envelope):
+        """A :class:`IMessageWriter` for streaming a message in (SMTP DATA/BDAT)."""
+
+    def flush(domain=None):
+        """Retry now the recipients (of ``domain``, or all): ETRN/ATRN and ALRM."""
+
+
+class IMessageWriter(Interface):
+    """A message being received: write chunks, then commit or abort."""
+
+    size = Attribute("Bytes written so far.")
+
+    def write(data):
+        """Append bytes (bounded memory: large messages spill to disk off the reactor)."""
+
+    def commit():
+        """Deferred[queue id], firing once the message is durable (see IQueue.enqueue)."""
+
+    def abort():
+        """Throw the partial message away."""
+
+
+class IDeliveryAgent(Interface):
+    """Delivers one queued message to one recipient (local or remote channel)."""
+
+    def deliver(message, recipient):
+        """Deferred[DeliveryResult]; ``message`` provides IQueuedMessage."""
+
+
+class IQueuedMessage(Interface):
+    id = Attribute("The queue id (str).")
+    envelope = Attribute("The Envelope.")
+    path = Attribute("Path of the message file (read it in a thread, never on the reactor).")
+    size = Attribute("Size of the message in bytes.")

@@ -7,6 +7,7 @@ message, never silently ignored.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -18,7 +19,12 @@ class ProtocolSpec:
     default: str
     demo_port: int
     tls: bool = False
-    build: Callable | None = None
+    build: str | None = None      # "module:function" building the listener service
+
+    def builder(self) -> Callable:
+        """The function ``build(context, spec, description) -> IService``."""
+        module, _, name = self.build.partition(":")
+        return getattr(importlib.import_module(module), name)
 
     def demo_description(self, certificate: str) -> str:
         """An unprivileged loopback listener for the demo (``make run``)."""

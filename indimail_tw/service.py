@@ -38,6 +38,8 @@ class ServerContext:
     checker: Any
     environ: Mapping[str, str]
     reactor: Any = None
+    queue: Any = None            # IQueue, once the queue service is built
+    local_agent: Any = None      # IDeliveryAgent for local recipients
     extras: dict = field(default_factory=dict)
 
     def auth_policy(self) -> AuthPolicy:

@@ -75,5 +75,6 @@ def makeService(options: Options):  # noqa: N802
         raise SystemExit(f"indimail: cannot start: {e}") from None
     root = IndiMailService(context)
     for name, description in listeners.selected(options["listeners"]):
-        listeners.PROTOCOLS[name].build(context, description).setServiceParent(root)
+        spec = listeners.PROTOCOLS[name]
+        spec.builder()(context, spec, description).setServiceParent(root)
     return root

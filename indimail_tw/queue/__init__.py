@@ -1,0 +1,1 @@
+"""The durable queue: the only meeting point between receiving and delivering."""
