@@ -37,6 +37,17 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_dirs(paths: Iterable[str]) -> None:
+    """fsync each distinct directory once (group commit: one per batch, not per file)."""
+    for path in dict.fromkeys(paths):
+        fsync_dir(path)
+
+
+def rename(src: str, dst: str) -> None:
+    """Rename one file; durable only after the destination directory is fsynced."""
+    os.rename(src, dst)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -131,3 +142,96 @@ def remove_dirs(paths: Iterable[str]) -> None:
 def symlink(target: str, path: str) -> None:
     os.symlink(target, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+# -- delivery primitives (Maildir and mbox) ------------------------------------------
+
+def fsync_file(fd: int) -> None:
+    """fsync one open file (a separate name so tests can watch the order of syncs)."""
+    os.fsync(fd)
+
+
+def write_new_file(path: str, chunks: Iterable[bytes], mode: int = 0o600) -> int:
+    """Create ``path`` (never an existing one), write ``chunks``, fsync it; return the size.
+
+    On any failure (including one raised by the ``chunks`` iterator) the partial
+    file is removed and the error re-raised.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    written = 0
+    try:
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+                written += len(chunk)
+            fsync_file(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+    return written
+
+
+def link_into(tmp_path: str, final_path: str) -> None:
+    """Publish a written, fsynced file: link it to ``final_path``, fsync that
+    directory, then remove ``tmp_path``.
+
+    Never replaces an existing ``final_path`` (``FileExistsError``; ``tmp_path``
+    is left for the caller to retry or remove).  Where hard links are not
+    supported (EXDEV, EPERM, ENOTSUP) the file is renamed instead, after
+    checking that the target does not exist.
+    """
+    try:
+        os.link(tmp_path, final_path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if os.path.lexists(final_path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), final_path) from e
+        os.rename(tmp_path, final_path)
+        fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+        return
+    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+    _unlink_quietly(tmp_path)
+
+
+def append_locked(path: str, chunks: Iterable[bytes], lock_timeout: float = 30.0,
+                  mode: int = 0o600) -> int:
+    """Append ``chunks`` to ``path`` (created if missing) under an exclusive flock.
+
+    qmail's mbox rule: on any failure the file is truncated back to its
+    previous end, so a reader never sees half a message.  The lock is polled
+    for ``lock_timeout`` seconds; then ``TimeoutError``.  Returns the bytes
+    appended.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        deadline = time.monotonic() + lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path} has been locked for {lock_timeout:g} seconds"
+                                       ) from None
+                time.sleep(0.05)
+        start = os.lseek(fd, 0, os.SEEK_END)
+        written = 0
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+                written += len(chunk)
+            fsync_file(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+        return written
+    finally:
+        os.close(fd)  # releases the lock

@@ -86,6 +86,23 @@ class LastAuth:
         return txn.execute("DELETE FROM lastauth WHERE domain = ?", (domain,))
 
 
+
+class UserQuota:
+    """``userquota``: the usage recorded when a user went over quota (vset_lastdeliver)."""
+
+    def set(self, txn: Txn, user: str, domain: str, quota: int) -> None:
+        txn.execute("REPLACE INTO userquota (user, domain, quota, timestamp) "
+                    "VALUES (?, ?, ?, ?)", (user, domain, max(0, int(quota)), _now_text()))
+
+    def get(self, txn: Txn, user: str, domain: str) -> int | None:
+        row = txn.query_one("SELECT quota FROM userquota WHERE user = ? AND domain = ?",
+                            (user, domain))
+        return int(row[0]) if row else None
+
+    def delete_user(self, txn: Txn, user: str, domain: str) -> int:
+        return txn.execute("DELETE FROM userquota WHERE user = ? AND domain = ?",
+                           (user, domain))
+
 class Relay:
     """``relay``: POP/IMAP-before-SMTP rows (email, ipaddr, Unix time)."""
 

@@ -1,0 +1,429 @@
+"""Local delivery with IndiMail's vdelivermail semantics (reference sections 4.1, 4.2, 4.4).
+
+For ``user@domain``, in order:
+
+1. zero-size message -> discarded; sender in ``blackholedsender`` -> discarded;
+   our ``Delivered-To: <domain>-<user>@<domain>`` line already there more
+   than ``maxdeliveredto`` times -> permanent (#5.4.6);
+2. the domain's ``.qmail-<ext>`` / ``.qmail-<prefix>-default`` (list managers),
+   processed as qmail-local would, before anything else;
+3. the user (alias domains resolve to their real domain; database trouble ->
+   temporary; unknown domain -> permanent):
+   active (or ``ALLOW_INACTIVE``): BOUNCE_MAIL lock, then valias lines or
+   ``pw_dir/.qmail`` instead of the Maildir, group accounts never stored,
+   else the Maildir (``MAILDIRFOLDER``) under the Maildir++ quota;
+   inactive: the catch-all, as for unknown users;
+4. unknown user: valias lines of the address, else the domain's catch-all
+   (``delete``, ``bounce-no-mailbox``, an address, a Maildir, a route).
+
+Blocking work runs in the reactor's thread pool; programs run through
+``reactor.spawnProcess``; forwards are new messages in the queue with the
+same envelope sender.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from indimail_tw.auth.flags import Flags
+from indimail_tw.delivery import dotqmail as dq
+from indimail_tw.delivery.catchall import CatchAll, handler_for
+from indimail_tw.delivery.mailbox import AUTO, deliver_to_maildir, locked_account
+from indimail_tw.delivery.mbox import deliver_mbox
+from indimail_tw.delivery.message import (
+    PrefixedReader, dtline, forward_loops, is_looping, rpline, ufline,
+)
+from indimail_tw.delivery.program import qmail_environment, run_program
+from indimail_tw.delivery.result import DeliveryResult
+from indimail_tw.delivery.steps import (
+    Job, LocalOptions, clear_bounce_mail_txn, header_text, mark_over_quota_txn, precheck,
+    qmail_address, read_user_qmail, split_address, user_quota,
+)
+from indimail_tw.errors import StoreError
+from indimail_tw.interfaces import IDeliveryAgent
+from indimail_tw.queue.envelope import Envelope, Recipient
+from indimail_tw.storage.users import User
+
+log = Logger()
+GROUP_PREFIX = "MailGroup "
+
+__all__ = ["LocalDeliveryAgent", "LocalOptions", "build_local_agent", "split_address"]
+
+
+@dataclass(frozen=True)
+class _DomainInfo:
+    exists: bool
+    catchall: CatchAll | None
+    ext_file: tuple[dq.DotQmail, str | None] | None
+    owner: bool = False  # .qmail-<ext>-owner exists: forwards go out from <local>-owner@
+
+
+def _getter(source: Any) -> Callable[[], Any]:
+    if source is None:
+        return lambda: None
+    if hasattr(source, "current"):
+        return lambda: source.current
+    if callable(source) and not hasattr(source, "enqueue") and not hasattr(source, "get"):
+        return source
+    return lambda: source
+
+
+@implementer(IDeliveryAgent)
+class LocalDeliveryAgent:
+    """IndiMail's vdelivermail as an :class:`IDeliveryAgent`.
+
+    ``store`` is the :class:`~indimail_tw.storage.UserStore`; ``domains_dir``
+    holds ``<domain>/.qmail-default``; ``settings`` is a Settings snapshot, a
+    Config (``.current`` is read per delivery) or a function returning one;
+    ``queue`` an IQueue (or a function returning it) for forwards;
+    ``environ`` holds the knobs of :class:`LocalOptions`; ``program_env`` the
+    base environment of program deliveries (default: PATH only);
+    ``clock`` times program deliveries out (default: the reactor).
+    """
+
+    def __init__(self, store: Any, domains_dir: str, settings: Any, queue: Any = None, *,
+                 reactor: Any = None, environ: Mapping[str, str] | None = None,
+                 program_env: Mapping[str, str] | None = None, clock: Any = None) -> None:
+        self.store = store
+        self.domains_dir = domains_dir
+        self._settings = _getter(settings)
+        self._queue = _getter(queue)
+        self._reactor = reactor
+        self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
+        self.program_env = dict(program_env) if program_env is not None else {
+            "PATH": os.environ.get("PATH", "/bin:/usr/bin:/usr/local/bin")}
+        self._clock = clock
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def _thread(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred:
+        reactor = self.reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kw)
+
+    # -- entry points -----------------------------------------------------------------
+
+    def deliver(self, message: Any, recipient: Recipient) -> defer.Deferred:
+        """Deferred[DeliveryResult]; never fails (an unexpected error is temporary)."""
+        return self.deliver_address(message, recipient)
+
+    def deliver_address(self, message: Any, recipient: Recipient, *,
+                        handler: str | None = None, dtline_text: str | None = None,
+                        rpline_text: str | None = None) -> defer.Deferred:
+        """:meth:`deliver` with vdelivermail's overrides: the catch-all ``handler``
+        named on its command line, and qmail-local's DTLINE/RPLINE."""
+        dtline_text, rpline_text = header_text(dtline_text), header_text(rpline_text)
+        d = defer.Deferred.fromCoroutine(
+            self._deliver(message, recipient, handler, dtline_text, rpline_text))
+
+        def unexpected(failure: Any) -> DeliveryResult:
+            log.failure("local delivery to {rcpt} failed unexpectedly", failure,
+                        rcpt=recipient.address)
+            return DeliveryResult.temporary("Temporary local delivery failure. (#4.3.0)",
+                                            "4.3.0")
+
+        return d.addErrback(unexpected)
+
+    async def _deliver(self, message: Any, recipient: Recipient, handler: str | None,
+                       dtline_text: str | None, rpline_text: str | None) -> DeliveryResult:
+        opts = LocalOptions.from_environ(self.environ)
+        result = await self._route(message, recipient, handler, dtline_text, rpline_text, opts)
+        if result.is_permanent and opts.discard_bounce:
+            return DeliveryResult.ok(f"discarded (DISCARD_BOUNCE): {result.text}")
+        return result
+
+    async def _route(self, message: Any, recipient: Recipient, handler: str | None,
+                     dtline_text: str | None, rpline_text: str | None,
+                     opts: LocalOptions) -> DeliveryResult:
+        settings = self._settings()
+        local, domain = split_address(recipient.address,
+                                      getattr(settings, "envnoathost", "") or "")
+        sender = message.envelope.sender if message.envelope else ""
+        dt_address = qmail_address(settings, local, domain)
+        dt = dtline_text.encode("utf-8", "surrogateescape") if dtline_text else dtline(dt_address)
+        if dtline_text:
+            dt_address = dtline_text.partition(":")[2].strip()
+        pre = await self._thread(precheck, message.path, sender, settings)
+        if pre.size == 0:
+            return DeliveryResult.ok("discarding 0 size message")
+        if pre.blackholed:
+            return DeliveryResult.ok(f"Discarding BlackHoled Address [{sender}]")
+        if is_looping(pre.scan, dt_address, pre.max_delivered_to):
+            return DeliveryResult.permanent(
+                "This message is looping: it already has my Delivered-To line. (#5.4.6)", "5.4.6")
+        rp = rpline_text.encode("utf-8", "surrogateescape") if rpline_text else rpline(sender)
+        job = Job(message, recipient, local, domain, sender, dt, rp, pre.scan, opts,
+                  qmail_local=dt_address.rpartition("@")[0])
+        info = await self._thread(self._domain_info, domain, local)
+        if info.ext_file is not None:
+            qmail, default = info.ext_file
+            job.real_domain, job.domain_dir = domain, os.path.join(self.domains_dir, domain)
+            if info.owner and sender not in ("", "#@[]"):
+                job.newsender = f"{job.qmail_local}-owner@{domain}"
+            return await self._run_dot_qmail(job, qmail, job.domain_dir, None, default)
+        try:
+            user, real = await self.store.get_user(local, domain)
+            if user is None and opts.qmail_ext and "-" in local:
+                user, real = await self.store.get_user(local.split("-", 1)[0], domain)
+        except StoreError as e:
+            log.warn("user lookup for {rcpt} failed: {error}", rcpt=recipient.address,
+                     error=str(e))
+            return DeliveryResult.temporary("temporary authentication error. (#4.4.3)", "4.4.3")
+        if real != domain or not info.exists:
+            info = await self._thread(self._domain_info, real, None)
+        if not info.exists:
+            return DeliveryResult.permanent(f"No such domain {domain}. indimail (#5.1.2)",
+                                            "5.1.2")
+        job.real_domain, job.domain_dir = real, os.path.join(self.domains_dir, real)
+        catchall = CatchAll("vdelivermail", handler) if handler else info.catchall
+        if user is not None and (user.active or opts.allow_inactive):
+            return await self._deliver_user(job, user)
+        if user is not None:
+            return await self._catch_all(job, catchall, inactive=True)
+        try:
+            lines = await self.store.alias_lines(local, real)
+        except StoreError as e:
+            log.warn("valias lookup for {rcpt} failed: {error}", rcpt=recipient.address,
+                     error=str(e))
+            return DeliveryResult.temporary("temporary database error. (#4.4.3)", "4.4.3")
+        if lines:
+            return await self._run_instructions(job, lines, None, None, job.local, "valias")
+        return await self._catch_all(job, catchall, inactive=False)
+
+    def _domain_info(self, domain: str, ext: str | None) -> _DomainInfo:
+        directory = os.path.join(self.domains_dir, domain)
+        if not domain or "/" in domain or domain.startswith(".") or not os.path.isdir(directory):
+            return _DomainInfo(False, None, None)
+        ext_file = None
+        if ext is not None:
+            try:
+                ext_file = dq.find_domain_file(directory, ext)
+            except dq.DotQmailError as e:
+                log.warn("{error}", error=e.text)
+            if ext_file is not None and ext_file[0].empty:
+                ext_file = None
+        owner = ext_file is not None and os.path.exists(
+            os.path.join(directory, f".qmail-{dq.safe_ext(ext or '')}-owner"))
+        return _DomainInfo(True, handler_for(self.domains_dir, domain), ext_file, owner)
+
+    # -- a user's mail ----------------------------------------------------------------
+
+    async def _deliver_user(self, job: Job, user: User) -> DeliveryResult:
+        quota = user_quota(user)
+        address = f"{user.name}@{job.real_domain}"
+        if user.gid & Flags.BOUNCE_MAIL:
+            state = await self._thread(locked_account, user.maildir, quota, address,
+                                       job.opts.quota, user.dir)
+            if state.result is not None:
+                return state.result
+            await self._db_update(clear_bounce_mail_txn, user.name, job.real_domain)
+        try:
+            lines = await self.store.alias_lines(user.name, job.real_domain)
+        except StoreError as e:
+            log.warn("valias lookup for {rcpt} failed: {error}", rcpt=address, error=str(e))
+            return DeliveryResult.temporary("temporary database error. (#4.4.3)", "4.4.3")
+        if lines:
+            return await self._run_instructions(job, lines, user.dir, user, job.local, "valias")
+        try:
+            qmail = await self._thread(read_user_qmail, user.dir)
+        except dq.DotQmailError as e:
+            return DeliveryResult.temporary(e.text, e.enhanced)
+        if qmail is not None:
+            if qmail.empty:
+                return DeliveryResult.ok("discarded: empty .qmail")
+            return await self._run_dot_qmail(job, qmail, user.dir, user, job.local)
+        if user.gecos.startswith(GROUP_PREFIX):
+            return DeliveryResult.ok("Mail delivery to group is avoided")
+        outcome = await self._thread(
+            deliver_to_maildir, user.maildir, job.message.path, job.header, quota=quota,
+            label=address, policy=job.opts.quota, home=user.dir, folder=job.opts.maildirfolder)
+        if outcome.mark_usage is not None:
+            await self._db_update(mark_over_quota_txn, user.name, job.real_domain,
+                                  outcome.mark_usage)
+        return outcome.result
+
+    async def _db_update(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A bookkeeping write (BOUNCE_MAIL, userquota): its failure is logged, not fatal."""
+        try:
+            await self.store.engine.runInteraction(fn, *args)
+        except Exception as e:  # noqa: BLE001
+            log.warn("quota bookkeeping for {user}@{domain} failed: {error}",
+                     user=args[0], domain=args[1], error=str(e))
+
+    # -- delivery lines ---------------------------------------------------------------
+
+    async def _run_dot_qmail(self, job: Job, qmail: dq.DotQmail, home: str,
+                             user: User | None, default: str | None) -> DeliveryResult:
+        try:
+            instructions = dq.parse_lines(qmail.lines, home)
+            dq.check_forward_only(qmail, instructions)
+        except dq.DotQmailError as e:
+            return DeliveryResult.temporary(e.text, e.enhanced)
+        return await self._run(job, instructions, home, user, default)
+
+    async def _run_instructions(self, job: Job, lines: list[str], home: str | None,
+                                user: User | None, default: str | None,
+                                origin: str) -> DeliveryResult:
+        try:
+            instructions = dq.parse_lines(lines, home)
+        except dq.DotQmailError as e:
+            log.warn("bad {origin} line for {rcpt}: {error}", origin=origin,
+                     rcpt=job.address, error=e.text)
+            return DeliveryResult.temporary(e.text, e.enhanced)
+        return await self._run(job, instructions, home, user, default)
+
+    async def _run(self, job: Job, instructions: list[dq.Instruction], home: str | None,
+                   user: User | None, default: str | None) -> DeliveryResult:
+        """Process lines top to bottom; forwards are queued once everything else worked."""
+        selves = {job.address, f"{job.local}@{job.real_domain}"}
+        forwards: list[str] = []
+        files = programs = 0
+        for ins in instructions:
+            if ins.kind == dq.FORWARD:
+                target = ins.target.lower()
+                if target in selves:
+                    continue  # IndiMail's simple loop check: a line naming the user itself
+                if forward_loops(job.scan, target):
+                    return DeliveryResult.permanent(f"{ins.target} is looping. (#5.4.6)", "5.4.6")
+                forwards.append(ins.target)
+            elif ins.kind == dq.PROGRAM:
+                programs += 1
+                outcome = await self._program(job, ins.target, home, user, default)
+                if not outcome.result.is_ok:
+                    return outcome.result
+                if outcome.stop:
+                    break
+            else:
+                files += 1
+                result = await self._file(job, ins, home)
+                if not result.is_ok:
+                    return result
+        if forwards:
+            result = await self._forward(job, forwards)
+            if not result.is_ok:
+                return result
+        return DeliveryResult.ok(f"did {files}+{len(forwards)}+{programs}")
+
+    async def _file(self, job: Job, ins: dq.Instruction, home: str | None) -> DeliveryResult:
+        if ins.kind == dq.MAILDIR:
+            outcome = await self._thread(
+                deliver_to_maildir, ins.target, job.message.path, job.header, quota=AUTO,
+                label=ins.line, policy=job.opts.quota, home=home, folder=job.opts.maildirfolder)
+            return outcome.result
+        header = ufline(job.sender) + job.header
+        try:
+            await self._thread(deliver_mbox, ins.target, job.message.path, header)
+        except TimeoutError:
+            return DeliveryResult.temporary(
+                "File has been locked for 30 seconds straight. (#4.3.0)", "4.3.0")
+        except OSError as e:
+            return DeliveryResult.temporary(
+                f"Unable to write {ins.target}: {e.strerror}. (#4.3.0)", "4.3.0")
+        return DeliveryResult.ok(f"delivered to {ins.target}")
+
+    async def _program(self, job: Job, command: str, home: str | None, user: User | None,
+                       default: str | None) -> Any:
+        cwd = home if home and os.path.isdir(home) else job.domain_dir
+        env = qmail_environment(
+            sender=job.sender, newsender=job.newsender or job.sender, local=job.qmail_local,
+            host=job.domain, ext=job.local, user=user.name if user else job.local,
+            home=home or job.domain_dir, default=default, dtline=job.dtline,
+            rpline=job.rpline, messid=str(getattr(job.message, "id", "")),
+            qqeh=job.message.envelope.extra.get("qqeh", "") if job.message.envelope else "",
+            base=self.program_env)
+        return await run_program(self.reactor, command, job.message.path, env, cwd,
+                                 timeout=job.opts.program_timeout,
+                                 clock=self._clock or self.reactor)
+
+    async def _forward(self, job: Job, addresses: list[str]) -> DeliveryResult:
+        """Queue one new message (our Delivered-To line first) for ``addresses``."""
+        queue = self._queue()
+        if queue is None:
+            return DeliveryResult.temporary("Unable to forward message: no queue. (#4.3.0)",
+                                            "4.3.0")
+        original = job.message.envelope
+        orcpt = job.recipient.orcpt or f"rfc822;{job.recipient.address}"
+        envelope = Envelope(
+            sender=job.newsender or job.sender,
+            recipients=[Recipient(a, notify=job.recipient.notify, orcpt=orcpt)
+                        for a in addresses],
+            ret=original.ret if original else None, envid=original.envid if original else None,
+            body=original.body if original else None,
+            smtputf8=original.smtputf8 if original else False, protocol="LOCAL")
+        try:
+            reader = await self._thread(
+                lambda: io.BufferedReader(PrefixedReader(job.dtline, job.message.path)))
+        except OSError as e:
+            return DeliveryResult.temporary(f"Unable to read message: {e.strerror}. (#4.3.0)",
+                                            "4.3.0")
+        try:
+            queue_id = await defer.maybeDeferred(queue.enqueue, envelope, reader)
+        except Exception as e:  # noqa: BLE001 - any queue failure: retry, unless refused
+            text = getattr(e, "text", None) or str(e) or e.__class__.__name__
+            if getattr(e, "temporary", True) is False:
+                return DeliveryResult.permanent(f"Unable to forward message: {text}. (#5.3.0)",
+                                                getattr(e, "enhanced", "") or "5.3.0")
+            return DeliveryResult.temporary(f"Unable to forward message: {text}. (#4.3.0)",
+                                            "4.3.0")
+        finally:
+            reader.close()
+        return DeliveryResult.ok(f"forwarded to {', '.join(addresses)} (queued as {queue_id})")
+
+    # -- unknown and inactive users ---------------------------------------------------
+
+    async def _catch_all(self, job: Job, catchall: CatchAll | None,
+                         inactive: bool) -> DeliveryResult:
+        handler = catchall or CatchAll("vdelivermail", "bounce-no-mailbox")
+        kind = handler.kind
+        who = f"{job.local}@{job.real_domain}"
+        inactive_text = f"account {who} is inactive. indimail(#5.1.3)"
+        if kind == "delete":
+            return DeliveryResult.ok(f"discarded mail for {who} (catch-all delete)")
+        if kind == "bounce" or (kind == "route" and inactive):
+            if inactive:
+                return DeliveryResult.permanent(inactive_text, "5.2.1")
+            return DeliveryResult.permanent(
+                f"no account {who} here by that name. indimail (#5.1.5)", "5.1.1")
+        if kind == "route":
+            if handler.handler.count(":") != 2:
+                return DeliveryResult.temporary(
+                    f"Invalid SMTPROUTE Specification [{handler.handler}]. indimail (#5.1.8)",
+                    "4.3.5")
+            log.warn("catch-all of {domain} routes {rcpt} to {route}: remote routing is not "
+                     "implemented yet; deferring", domain=job.real_domain, rcpt=who,
+                     route=handler.handler)
+            return DeliveryResult.temporary(
+                f"no account {who} here; routing to {handler.handler} is not supported yet. "
+                "(#4.3.0)", "4.3.0")
+        if kind == "forward":
+            try:
+                forward = dq.parse_line(handler.handler.lstrip("&"), None)
+            except dq.DotQmailError as e:
+                return DeliveryResult.temporary(e.text, e.enhanced)
+            if forward is None or forward.kind != dq.FORWARD:
+                return DeliveryResult.temporary(
+                    f"invalid catch-all address [{handler.handler}]. (#4.3.5)", "4.3.5")
+            return await self._run(job, [forward], None, None, job.local)
+        path = handler.handler
+        if "/Maildir/" not in path + "/":
+            path = path.rstrip("/") + "/Maildir/"
+        return await self._file(job, dq.Instruction(dq.MAILDIR, path, path), None)
+
+
+def build_local_agent(context: Any) -> LocalDeliveryAgent:
+    """The local agent of a running server (``ServerContext``)."""
+    return LocalDeliveryAgent(
+        context.store, context.paths.domains, context.config,
+        lambda: context.queue, reactor=context.reactor, environ=context.environ)

@@ -1,0 +1,132 @@
+"""What local delivery needs to know about a queued message, and the lines it adds.
+
+The queue stores messages with LF line ends (qmail's format); every header
+line built here ends in ``\\n``.  Functions that read the message file block:
+call them in a thread.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+#: Stop scanning the header block after this many bytes (a hostile message
+#: cannot make loop detection read the whole file).
+MAX_HEADER_SCAN = 1024 * 1024
+_ENHANCED = re.compile(r"#([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+@dataclass(frozen=True)
+class HeaderScan:
+    """The header block of a message (bounded) and its Delivered-To values."""
+
+    header: bytes  # up to and including the blank line (or what was read)
+    delivered_to: tuple[str, ...]  # values, stripped, lower-cased
+
+
+def read_header(path: str, limit: int = MAX_HEADER_SCAN) -> HeaderScan:
+    """Read the header block of the message file at ``path``."""
+    with open(path, "rb") as f:
+        data = f.read(limit)
+    end = data.find(b"\n\n")
+    if end >= 0:
+        data = data[:end + 2]
+    values = []
+    for line in data.split(b"\n"):
+        if line[:13].lower() == b"delivered-to:":
+            values.append(line[13:].strip().decode("utf-8", "replace").lower())
+    return HeaderScan(data, tuple(values))
+
+
+def dtline_address(local: str, domain: str) -> str:
+    """IndiMail's Delivered-To address: qmail-local's ``local@host`` after the
+    virtualdomains rewrite, i.e. ``<domain>-<user>@<domain>``."""
+    return f"{domain}-{local}@{domain}"
+
+
+def header_line(name: str, value: str) -> bytes:
+    """``Name: value\\n``; newlines in the value become ``_`` (qmail-local does this)."""
+    value = value.replace("\r", "_").replace("\n", "_")
+    return f"{name}: {value}\n".encode("utf-8", "surrogateescape")
+
+
+def rpline(sender: str) -> bytes:
+    return header_line("Return-Path", f"<{sender}>")
+
+
+def dtline(address: str) -> bytes:
+    return header_line("Delivered-To", address)
+
+
+def ufline(sender: str, when: float | None = None) -> bytes:
+    """The mbox ``From `` line: blanks in the sender become ``-``; ctime date."""
+    who = re.sub(r"[ \t\n]", "-", sender) if sender else "MAILER-DAEMON"
+    return f"From {who} {time.ctime(time.time() if when is None else when)}\n".encode(
+        "utf-8", "surrogateescape")
+
+
+def count_line(scan: HeaderScan, address: str) -> int:
+    """How many Delivered-To lines of the header equal ``address``."""
+    address = address.lower()
+    return sum(1 for value in scan.delivered_to if value == address)
+
+
+def is_looping(scan: HeaderScan, address: str, max_delivered_to: int) -> bool:
+    """qmail-local's rule: more than ``max_delivered_to`` identical lines (-1: never)."""
+    return max_delivered_to > -1 and count_line(scan, address) > max_delivered_to
+
+
+def forward_loops(scan: HeaderScan, address: str) -> bool:
+    """IndiMail's check before forwarding: the target already delivered this copy
+    (its address, or ``<domain>-<address>``, is in a Delivered-To line)."""
+    address = address.lower()
+    return any(v == address or v.endswith("-" + address) for v in scan.delivered_to)
+
+
+def enhanced_from_text(text: str, default: str) -> str:
+    """The ``#x.y.z`` code qmail programs put in their reports, else ``default``."""
+    found = _ENHANCED.findall(text)
+    if not found:
+        return default
+    cls, subject, detail = found[-1]
+    return f"{cls}.{subject}.{detail}"
+
+
+def rfc2822_date(when: float | None = None) -> str:
+    return formatdate(time.time() if when is None else when, localtime=True)
+
+
+class PrefixedReader(io.RawIOBase):
+    """A binary file object reading ``prefix`` and then the file at ``path``.
+
+    Used to hand a forwarded copy (with our Delivered-To line first) to the
+    queue without loading the message into memory.  Opening happens at
+    construction (call it in a thread); the queue reads it in its own threads.
+    """
+
+    def __init__(self, prefix: bytes, path: str) -> None:
+        super().__init__()
+        self._prefix = memoryview(prefix)
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.size = len(prefix) + os.fstat(self._file.fileno()).st_size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._file.readinto(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()

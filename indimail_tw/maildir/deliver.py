@@ -1,0 +1,144 @@
+"""Crash-safe delivery of one message into a Maildir (qmail's and IndiMail's rules).
+
+The message is written under a unique name into ``tmp/``, fsynced, then
+linked into ``new/`` as ``<unique>,S=<size>`` and ``new/`` is fsynced; only
+then is the delivery reported done (:mod:`indimail_tw.fsutil` does the
+syncing and linking).  A failure at any step removes the partial file in
+``tmp/``; a crash leaves at most a stray file in ``tmp/`` that Maildir
+cleaners remove, never a partial message in ``new/``.
+
+Every function blocks on disk I/O: the server calls them in a thread, never
+on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+
+from indimail_tw import fsutil
+
+CHUNK = 65536
+_NAME_ATTEMPTS = 5
+#: The marker Courier/IndiMail put in a Maildir++ folder (never in the INBOX).
+FOLDER_MARKER = "maildirfolder"
+
+
+class MaildirDeliveryError(Exception):
+    """A delivery that did not happen; ``temporary`` says whether to retry."""
+
+    def __init__(self, text: str, *, temporary: bool = True, enhanced: str = "4.3.0") -> None:
+        super().__init__(text)
+        self.text = text
+        self.temporary = temporary
+        self.enhanced = enhanced
+
+
+@dataclass(frozen=True)
+class Delivered:
+    path: str  # the file in new/
+    size: int  # bytes written, header block included (the ,S= value)
+
+
+def folder_path(maildir: str, folder: str | None) -> str:
+    """``maildir`` itself, or its Maildir++ folder ``.<folder>`` (MAILDIRFOLDER)."""
+    maildir = maildir.rstrip("/") or "/"
+    if not folder:
+        return maildir
+    folder = folder.strip("/")
+    if not folder.startswith("."):
+        folder = "." + folder
+    if "/" in folder or folder in (".", ".."):
+        raise MaildirDeliveryError(f"invalid Maildir folder {folder!r}. (#4.2.1)")
+    return os.path.join(maildir, folder)
+
+
+def prepare(maildir: str, folder: str | None = None) -> str:
+    """The directory to deliver into, creating missing ``cur``/``new``/``tmp``
+    (IndiMail's ``prepare_maildir``).
+
+    A folder that had to be created gets a ``maildirfolder`` marker; the
+    INBOX (``.../Maildir``) never does.
+    """
+    target = folder_path(maildir, folder)
+    try:
+        created = fsutil.make_maildir(target)
+        marker = os.path.join(target, FOLDER_MARKER)
+        if (created and os.path.basename(target) != "Maildir" and folder
+                and not os.path.exists(marker)):
+            fsutil.atomic_write(marker, b"", 0o644)
+    except OSError as e:
+        raise MaildirDeliveryError(
+            f"cannot create Maildir {target}: {e.strerror}. indimail (#4.2.1)") from e
+    return target
+
+
+def _message_chunks(header: bytes, message_path: str) -> Iterator[bytes]:
+    if header:
+        yield header
+    with open(message_path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def deliver(maildir: str, message_path: str, header: bytes = b"") -> Delivered:
+    """Write ``header`` + the message file into ``maildir``; return where and how big.
+
+    Raises :class:`MaildirDeliveryError` (always temporary: a full disk, a
+    disk quota, a missing or sticky directory are all worth a retry).
+    """
+    try:
+        st = os.stat(maildir)
+    except OSError as e:
+        raise MaildirDeliveryError(
+            f"Unable to chdir to maildir {maildir}: {e.strerror}. (#4.2.1)", enhanced="4.2.1"
+        ) from e
+    if st.st_mode & stat.S_ISVTX:
+        raise MaildirDeliveryError(f"dir {maildir} is sticky. (#4.2.1)", enhanced="4.2.1")
+    tmp_dir, new_dir = os.path.join(maildir, "tmp"), os.path.join(maildir, "new")
+    tmp = ""
+    try:
+        for _ in range(_NAME_ATTEMPTS):
+            tmp = os.path.join(tmp_dir, fsutil.unique_name())
+            try:
+                size = fsutil.write_new_file(tmp, _message_chunks(header, message_path))
+                break
+            except FileExistsError:
+                tmp = ""
+                continue
+        else:
+            raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
+        base = os.path.basename(tmp)
+        for attempt in range(_NAME_ATTEMPTS):
+            name = f"{base},S={size}" if attempt == 0 else f"{fsutil.unique_name()},S={size}"
+            final = os.path.join(new_dir, name)
+            try:
+                fsutil.link_into(tmp, final)
+                tmp = ""
+                return Delivered(final, size)
+            except FileExistsError:
+                continue
+        raise MaildirDeliveryError("Unable to find a unique name in new/. (#4.3.0)")
+    except MaildirDeliveryError:
+        raise
+    except OSError as e:
+        raise _os_error(maildir, e) from e
+    finally:
+        if tmp:
+            with suppress(OSError):
+                os.unlink(tmp)
+
+
+def _os_error(maildir: str, e: OSError) -> MaildirDeliveryError:
+    if e.errno == errno.EDQUOT:
+        return MaildirDeliveryError(
+            f"Disk quota exceeded writing to {maildir}. (#4.2.2)", enhanced="4.2.2")
+    if e.errno == errno.ENOSPC:
+        return MaildirDeliveryError(
+            f"No space left on device writing to {maildir}. (#4.3.1)", enhanced="4.3.1")
+    return MaildirDeliveryError(
+        f"Temporary error on maildir delivery to {maildir}: {e.strerror}. (#4.3.0)")

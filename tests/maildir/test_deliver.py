@@ -1,0 +1,213 @@
+"""Crash-safe Maildir delivery: names, fsync order, clean failure, sticky and missing dirs."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+
+import pytest
+
+from indimail_tw import fsutil
+from indimail_tw.fsutil import make_maildir
+from indimail_tw.maildir.deliver import (
+    FOLDER_MARKER, MaildirDeliveryError, deliver, folder_path, prepare,
+)
+
+MESSAGE = b"Subject: test\n\nbody line\n"
+HEADER = b"Return-Path: <a@b.test>\nDelivered-To: example.com-x@example.com\n"
+NAME = re.compile(r"^\d+\.M\d+P\d+Q\d+\.[^/]+,S=(\d+)$")
+
+
+@pytest.fixture
+def maildir(tmp_path):
+    path = str(tmp_path / "Maildir")
+    make_maildir(path)
+    return path
+
+
+@pytest.fixture
+def message(tmp_path):
+    path = tmp_path / "message"
+    path.write_bytes(MESSAGE)
+    return str(path)
+
+
+def listing(maildir, sub):
+    return sorted(os.listdir(os.path.join(maildir, sub)))
+
+
+def test_delivers_into_new_with_size_in_name(maildir, message):
+    done = deliver(maildir, message, HEADER)
+    (name,) = listing(maildir, "new")
+    match = NAME.match(name)
+    assert match, name
+    assert int(match[1]) == len(HEADER) + len(MESSAGE) == done.size
+    assert done.path == os.path.join(maildir, "new", name)
+    with open(done.path, "rb") as f:
+        assert f.read() == HEADER + MESSAGE
+    assert listing(maildir, "tmp") == []
+    assert stat.S_IMODE(os.stat(done.path).st_mode) == 0o600
+
+
+def test_two_deliveries_get_two_names(maildir, message):
+    first = deliver(maildir, message)
+    second = deliver(maildir, message)
+    assert first.path != second.path
+    assert len(listing(maildir, "new")) == 2
+
+
+def test_fsync_order_data_then_link_then_directory(maildir, message, monkeypatch):
+    events = []
+    real_fsync_file, real_fsync_dir, real_link = fsutil.fsync_file, fsutil.fsync_dir, os.link
+
+    def fsync_file(fd):
+        events.append(("fsync", os.fstat(fd).st_size))
+        real_fsync_file(fd)
+
+    def fsync_dir(path):
+        events.append(("fsync_dir", os.path.basename(path)))
+        real_fsync_dir(path)
+
+    def link(src, dst):
+        events.append(("link", os.path.basename(os.path.dirname(src)),
+                       os.path.basename(os.path.dirname(dst))))
+        real_link(src, dst)
+
+    monkeypatch.setattr(fsutil, "fsync_file", fsync_file)
+    monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(os, "link", link)
+    deliver(maildir, message, HEADER)
+    assert events == [("fsync", len(HEADER) + len(MESSAGE)), ("link", "tmp", "new"),
+                      ("fsync_dir", "new")]
+    assert listing(maildir, "tmp") == []
+
+
+@pytest.mark.parametrize("code, enhanced", [(errno.ENOSPC, "4.3.1"), (errno.EDQUOT, "4.2.2"),
+                                            (errno.EIO, "4.3.0")])
+def test_write_failure_is_temporary_and_leaves_nothing(maildir, message, monkeypatch, code,
+                                                       enhanced):
+    real = fsutil.write_all
+    calls = []
+
+    def write_all(fd, data):
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(code, os.strerror(code))
+        real(fd, data)
+
+    monkeypatch.setattr(fsutil, "write_all", write_all)
+    with pytest.raises(MaildirDeliveryError) as info:
+        deliver(maildir, message, HEADER)
+    assert info.value.temporary
+    assert info.value.enhanced == enhanced
+    assert listing(maildir, "tmp") == [] and listing(maildir, "new") == []
+
+
+def test_fsync_failure_removes_the_temporary_file(maildir, message, monkeypatch):
+    def fail(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fsutil, "fsync_file", fail)
+    with pytest.raises(MaildirDeliveryError):
+        deliver(maildir, message)
+    assert listing(maildir, "tmp") == [] and listing(maildir, "new") == []
+
+
+def test_link_failure_removes_the_temporary_file(maildir, message, monkeypatch):
+    def fail(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "link", fail)
+    with pytest.raises(MaildirDeliveryError):
+        deliver(maildir, message)
+    assert listing(maildir, "tmp") == [] and listing(maildir, "new") == []
+
+
+def test_name_taken_in_new_picks_another(maildir, message, monkeypatch):
+    real = os.link
+    seen = []
+
+    def link(src, dst):
+        seen.append(dst)
+        if len(seen) == 1:
+            raise FileExistsError(errno.EEXIST, "exists", dst)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    done = deliver(maildir, message)
+    assert done.path == seen[1] != seen[0]
+    assert listing(maildir, "tmp") == []
+    assert NAME.match(os.path.basename(done.path))
+
+
+def test_without_hard_links_it_renames(maildir, message, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    done = deliver(maildir, message)
+    assert os.path.exists(done.path)
+    assert listing(maildir, "tmp") == []
+
+
+def test_unreadable_message_is_temporary(maildir, tmp_path):
+    with pytest.raises(MaildirDeliveryError) as info:
+        deliver(maildir, str(tmp_path / "missing"), HEADER)
+    assert info.value.temporary
+    assert listing(maildir, "tmp") == [] and listing(maildir, "new") == []
+
+
+def test_sticky_maildir_is_refused(maildir, message):
+    os.chmod(maildir, 0o1700)
+    with pytest.raises(MaildirDeliveryError) as info:
+        deliver(maildir, message)
+    assert "sticky" in info.value.text and info.value.temporary
+    assert listing(maildir, "tmp") == [] and listing(maildir, "new") == []
+
+
+def test_missing_maildir_is_temporary(tmp_path, message):
+    with pytest.raises(MaildirDeliveryError) as info:
+        deliver(str(tmp_path / "nowhere"), message)
+    assert info.value.temporary and "(#4.2.1)" in info.value.text
+
+
+def test_prepare_creates_inbox_without_marker_and_folders_with_one(tmp_path):
+    root = str(tmp_path / "home" / "Maildir")
+    assert prepare(root) == root
+    assert sorted(os.listdir(root)) == ["cur", "new", "tmp"]
+    folder = prepare(root, "Lists")
+    assert folder == os.path.join(root, ".Lists")
+    assert os.path.exists(os.path.join(folder, FOLDER_MARKER))
+    assert not os.path.exists(os.path.join(root, FOLDER_MARKER))
+    assert prepare(root + "/", ".Lists") == folder
+
+
+def test_folder_names_cannot_escape(tmp_path):
+    with pytest.raises(MaildirDeliveryError):
+        folder_path(str(tmp_path), "a/../../b")
+
+
+def test_append_locked_truncates_a_failed_append(tmp_path, monkeypatch):
+    path = str(tmp_path / "mbox")
+    fsutil.append_locked(path, [b"first\n"])
+
+    def chunks():
+        yield b"half of a message\n"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        fsutil.append_locked(path, chunks())
+    with open(path, "rb") as f:
+        assert f.read() == b"first\n"
+
+
+def test_append_locked_gives_up_on_a_held_lock(tmp_path):
+    path = str(tmp_path / "mbox")
+    with open(path, "wb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError):
+            fsutil.append_locked(path, [b"x\n"], lock_timeout=0)
+    assert os.path.getsize(path) == 0
