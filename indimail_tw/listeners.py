@@ -39,9 +39,11 @@ def _escape(path: str) -> str:
 
 
 PROTOCOLS: dict[str, ProtocolSpec] = {spec.name: spec for spec in (
-    ProtocolSpec("smtp", "SMTP (MX)", "tcp:25", 2525),
-    ProtocolSpec("submission", "SMTP submission", "tcp:587", 2587),
-    ProtocolSpec("smtps", "SMTP submission over implicit TLS", "ssl:465", 2465, tls=True),
+    ProtocolSpec("smtp", "SMTP (MX)", "tcp:25", 2525, build="indimail_tw.smtp.service:build"),
+    ProtocolSpec("submission", "SMTP submission", "tcp:587", 2587,
+                 build="indimail_tw.smtp.service:build"),
+    ProtocolSpec("smtps", "SMTP submission over implicit TLS", "ssl:465", 2465, tls=True,
+                 build="indimail_tw.smtp.service:build"),
     ProtocolSpec("pop3", "POP3", "tcp:110", 2110),
     ProtocolSpec("pop3s", "POP3 over TLS", "ssl:995", 2995, tls=True),
     ProtocolSpec("imap", "IMAP4", "tcp:143", 2143),

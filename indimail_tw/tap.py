@@ -47,6 +47,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                     f"version of indimail_tw")
             try:
                 strports.service(description, None)
+            except OSError:
+                pass    # e.g. the certificate of an ssl: listener: checked when it is built
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--{name}: bad endpoint description "
                                        f"{description!r}: {e}") from None
@@ -76,5 +78,9 @@ def makeService(options: Options):  # noqa: N802
     root = IndiMailService(context)
     for name, description in listeners.selected(options["listeners"]):
         spec = listeners.PROTOCOLS[name]
-        spec.builder()(context, spec, description).setServiceParent(root)
+        try:
+            spec.builder()(context, spec, description).setServiceParent(root)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"indimail: cannot start the --{name} listener "
+                             f"{description!r}: {e}") from None
     return root

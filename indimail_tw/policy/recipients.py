@@ -1,0 +1,158 @@
+"""IndiMail's recipient check (``CHECKRECIPIENT``): refuse unknown users of our domains at RCPT.
+
+Unlike IndiMail, where it is opt-in, the check is on by default for our own
+virtual domains (``virtualdomains`` entries of domains in ``rcpthosts``);
+``CHECKRECIPIENT=0`` switches it off.  When ``chkrcptdomains`` lists domains,
+only those are checked; ``etrnhosts`` domains and ``locals`` (system users)
+never are.  A recipient passes when any of these deliver it:
+
+1. a ``.qmail-<local>`` file (or ``.qmail-<prefix>-default``) in the domain's
+   directory, or a catch-all (``.qmail-default``) other than bounce-no-mailbox:
+   such a domain accepts everything;
+2. a user of the domain (alias domains resolve to their real domain); an
+   inactive user is refused ``5.2.1``, one with BOUNCE_MAIL ``5.2.2``;
+3. a valias row;
+4. for ``user-ext``, the user or alias ``user`` (qmail extension addresses);
+5. ``postmaster`` always (RFC 5321).
+
+Otherwise ``550 5.1.1 ... is absent on this domain``, IndiMail's text.  After
+``MAX_RCPT_ERRCOUNT`` unknown recipients in one transaction the client is
+told ``421`` and dropped.  A database failure is ``451 4.3.2``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from indimail_tw.auth.flags import Flags
+from indimail_tw.delivery.catchall import QMAIL_DEFAULT, CatchAll, handler_for
+from indimail_tw.policy.base import (
+    TEMPORARY_DB_ERROR, Check, RcptRequest, Reject, SessionContext, Verdict,
+)
+
+log = Logger()
+
+TOO_MANY_INVALID = Reject(421, "4.7.1", "too many invalid addresses, goodbye", close=True)
+
+
+def absent(address: str) -> Reject:
+    return Reject(550, "5.1.1", f"sorry, mailbox <{address}> is absent on this domain")
+
+
+def inactive(address: str) -> Reject:
+    return Reject(550, "5.2.1", f"sorry, mailbox <{address}> is inactive on this domain")
+
+
+def overquota(address: str) -> Reject:
+    return Reject(550, "5.2.2", f"sorry, mailbox <{address}> is overquota on this domain")
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """What the domain directory says about one local part."""
+
+    catchall: CatchAll | None
+    dot_qmail: bool
+
+    @property
+    def accepts_all(self) -> bool:
+        return self.dot_qmail or (self.catchall is not None and self.catchall.kind != "bounce")
+
+
+def dot_qmail_names(local: str) -> list[str]:
+    """``.qmail-`` files that would deliver ``local`` (dots become colons, as qmail-local)."""
+    ext = local.lower().replace(".", ":")
+    names = [f".qmail-{ext}"]
+    parts = ext.split("-")
+    for n in range(len(parts) - 1, 0, -1):
+        names.append(".qmail-" + "-".join(parts[:n]) + "-default")
+    return [name for name in names if "/" not in name and name != QMAIL_DEFAULT]
+
+
+def domain_facts(domains_dir: str, domain: str, local: str) -> DomainFacts:
+    """Blocking file lookups (run in a thread)."""
+    if "/" in domain or domain.startswith("."):
+        return DomainFacts(None, False)
+    directory = os.path.join(domains_dir, domain)
+    dot = any(os.path.isfile(os.path.join(directory, name)) for name in dot_qmail_names(local))
+    return DomainFacts(handler_for(domains_dir, domain), dot)
+
+
+class RecipientExists(Check):
+    """The recipient check; ``blocking`` runs a blocking function (default: in a thread)."""
+
+    def __init__(self, store: Any, domains_dir: str,
+                 blocking: Callable[..., defer.Deferred] | None = None) -> None:
+        self.store = store
+        self.domains_dir = domains_dir
+        if blocking is None:
+            from twisted.internet import threads
+            blocking = threads.deferToThread
+        self.blocking = blocking
+
+    def applies(self, ctx: SessionContext, domain: str) -> bool:
+        settings = ctx.settings
+        if ctx.env.get("CHECKRECIPIENT", "").strip() in ("0",):
+            return False
+        if not domain or not settings.is_rcpthost(domain) or settings.is_local(domain):
+            return False
+        if settings.virtualdomains.lookup(domain) is None:
+            return False
+        if settings.in_list("etrnhosts", domain):
+            return False
+        restricted = bool(settings.chkrcptdomains) or settings.cdb("chkrcptdomains") is not None
+        return not restricted or settings.in_list("chkrcptdomains", domain)
+
+    def rcpt(self, ctx: SessionContext, request: RcptRequest) -> Verdict | defer.Deferred:
+        if request.whitelisted:
+            return None
+        local, _, domain = request.address.rpartition("@")
+        domain = domain.lower()
+        if not self.applies(ctx, domain) or local.lower() == "postmaster":
+            return None
+        return self._lookup(ctx, request.address, local, domain)
+
+    @defer.inlineCallbacks
+    def _lookup(self, ctx: SessionContext, address: str, local: str, domain: str):
+        try:
+            facts = yield self.blocking(domain_facts, self.domains_dir, domain, local)
+            if facts.accepts_all:
+                return None
+            name = local.lower()
+            verdict = yield self._user_or_alias(address, name, domain)
+            if verdict is False and "-" in name:
+                verdict = yield self._user_or_alias(address, name.split("-", 1)[0], domain)
+        except Exception:  # noqa: BLE001 -- the store's failure is a temporary reply
+            log.failure("recipient lookup for {address} failed", address=address)
+            return TEMPORARY_DB_ERROR
+        if verdict is False:
+            return self._unknown(ctx, address)
+        return verdict
+
+    @defer.inlineCallbacks
+    def _user_or_alias(self, address: str, name: str, domain: str):
+        """None (deliverable), a Reject (user in a refusing state) or False (unknown)."""
+        user, real = yield self.store.get_user(name, domain)
+        if user is not None:
+            if not user.active:
+                return inactive(address)
+            if user.gid & Flags.BOUNCE_MAIL:
+                return overquota(address)
+            return None
+        lines = yield self.store.alias_lines(name, real or domain)
+        return None if lines else False
+
+    def _unknown(self, ctx: SessionContext, address: str) -> Reject:
+        tx = ctx.transaction
+        if tx is not None:
+            tx.rcpt_errors += 1
+            limit = ctx.env.get("MAX_RCPT_ERRCOUNT", "").strip()
+            if limit.isdigit() and int(limit) > 0 and tx.rcpt_errors >= int(limit):
+                return TOO_MANY_INVALID
+        return absent(address)

@@ -1,0 +1,232 @@
+"""The thin Twisted adapter: transport <-> parser <-> session, strictly in order.
+
+It decides no policy.  It feeds bytes to the parser, pulls one event at a
+time, hands it to the session and, when the session answers with a Deferred,
+pulls nothing more until that answer has been written.  It also does the
+three things a session cannot: start TLS (dropping anything the client
+pipelined after STARTTLS), the idle timeout (``timeoutsmtpd``, on the given
+clock) and flow control (the transport is paused while more than
+:data:`HIGH_WATER` bytes wait to be read by a busy session).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, interfaces, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from indimail_tw.policy.base import Client
+from indimail_tw.smtp.parser import SMTPParser
+from indimail_tw.smtp.replies import Response
+from indimail_tw.smtp.session import SMTPSession
+
+log = Logger()
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+HARD_LIMIT = 4 * 1024 * 1024
+OVERFLOW = b"421 4.7.0 input buffer overflow, closing connection\r\n"
+
+
+def client_of(transport: Any, service: str) -> Client:
+    """The Client for a transport (TCP over IPv4 or IPv6; anything else has no address)."""
+    peer, host = transport.getPeer(), transport.getHost()
+    return Client(remote_ip=getattr(peer, "host", "") or "",
+                  remote_port=getattr(peer, "port", 0) or 0,
+                  local_ip=getattr(host, "host", "") or "",
+                  local_port=getattr(host, "port", 0) or 0, service=service)
+
+
+class SMTPServerProtocol(protocol.Protocol):
+    """One SMTP connection; the factory builds its session (see ``service.SMTPFactory``)."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.parser = SMTPParser()
+        self.session: SMTPSession | None = None
+        self.client: Client | None = None
+        self.admitted = False            # counted by the factory's limiter
+        self._waiting = True             # until the greeting is out; while a hook runs
+        self._pumping = False
+        self._paused = False
+        self._closing = False
+        self._timer: Any = None
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.client = client_of(self.transport, self.factory.service)
+        if self.factory.tls_on_connect:             # implicit TLS on a plain listener (465)
+            try:
+                self.transport.startTLS(self.factory.tls_options())
+            except Exception as e:  # noqa: BLE001
+                log.error("no TLS for a connection from {ip}: {error}",
+                          ip=self.client.remote_ip, error=e)
+                self._closing = True
+                self.transport.loseConnection()
+                return
+        self._await(self.factory.open_session(self, self.client), self._opened)
+
+    def _opened(self, result: SMTPSession | Response) -> None:
+        if isinstance(result, Response):
+            self._emit(result)
+            return
+        self.session = result
+        self._await(result.greeting(), self._greeted)
+
+    def _greeted(self, response: Response) -> None:
+        self._emit(response)
+        if self._closing or self.session is None:
+            return
+        self._emit(self.session.early_talker(self.parser.buffered))
+        if self._closing:
+            return
+        self._waiting = False
+        self._arm_timer()
+        self._pump()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        self._closing = True
+        self.parser.close()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.session is not None:
+            try:
+                self.session.connection_lost()
+            except Exception:  # noqa: BLE001
+                log.failure("session cleanup failed")
+        self.factory.connection_closed(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._closing:
+            return
+        self.parser.feed(data)
+        if self.parser.buffered > HARD_LIMIT:
+            log.warn("input buffer overflow from {ip}", ip=self.client and self.client.remote_ip)
+            self._emit(Response(OVERFLOW, close=True))
+            return
+        if self.session is not None and not self._waiting:
+            self._arm_timer()
+        self._pump()
+
+    # -- the pump --------------------------------------------------------------------------------
+
+    def _await(self, result: Any, then: Any) -> None:
+        """Run ``then(result)`` now or when the Deferred fires; nothing is pulled meanwhile."""
+        if not isinstance(result, defer.Deferred):
+            then(result)
+            return
+        self._waiting = True
+        result.addCallback(then).addErrback(self._fatal)
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._waiting and not self._closing and self.session is not None:
+                event = self.parser.next_event()
+                if event is None:
+                    break
+                try:
+                    result = self.session.handle(event)
+                except Exception:  # noqa: BLE001 -- the session handles its own; belt and braces
+                    result = self.session.internal_error(Failure())
+                if isinstance(result, defer.Deferred):
+                    self._waiting = True
+                    result.addCallback(self._resume).addErrback(self._fatal)
+                else:
+                    self._emit(result)
+        finally:
+            self._pumping = False
+        self._flow()
+
+    def _resume(self, result: Response | None) -> None:
+        self._waiting = False
+        self._emit(result)
+        if not self._closing:
+            self._arm_timer()
+            self._pump()
+
+    def _fatal(self, failure: Failure) -> None:
+        log.failure("SMTP connection error", failure)
+        self._emit(Response(b"421 4.3.0 temporary failure, closing connection\r\n", close=True))
+
+    def _emit(self, response: Response | None) -> None:
+        if response is None or self._closing:
+            return
+        if response.data:
+            self.transport.write(response.data)
+        if response.starttls:
+            self._start_tls()
+        elif response.close:
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.parser.close()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.transport.loseConnection()
+
+    def _flow(self) -> None:
+        buffered = self.parser.buffered
+        if not self._paused and buffered > HIGH_WATER and not self._closing:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif self._paused and (buffered < LOW_WATER or self._closing):
+            self._paused = False
+            self.transport.resumeProducing()
+
+    # -- TLS -------------------------------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        dropped = self.parser.discard_buffered()
+        if dropped:
+            log.warn("discarded {n} bytes pipelined after STARTTLS from {ip}", n=dropped,
+                     ip=self.client.remote_ip if self.client else "")
+        try:
+            self.transport.startTLS(self.factory.tls_options())
+        except Exception:  # noqa: BLE001
+            log.failure("STARTTLS failed")
+            self._close()
+            return
+        if self.session is not None:
+            self.session.tls_started()
+
+    def tls_details(self) -> tuple[str, str] | None:
+        """(protocol version, cipher) of the TLS connection, when there is one."""
+        if not interfaces.ISSLTransport.providedBy(self.transport):
+            return None
+        try:
+            handle = self.transport.getHandle()
+            version = handle.get_protocol_version_name()
+            cipher = handle.get_cipher_name()
+        except Exception:  # noqa: BLE001 -- no handshake yet, or not OpenSSL
+            return None
+        if not version or not cipher:
+            return None
+        return version, cipher
+
+    # -- idle timeout ----------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self.session is None or self._closing:
+            return
+        timeout = self.session.config.timeout
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(timeout)
+        else:
+            self._timer = self.factory.clock.callLater(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self._closing or self.session is None:
+            return
+        if self._waiting:                # we are the slow one: wait for our own answer
+            self._arm_timer()
+            return
+        log.info("timeout from {ip}", ip=self.client.remote_ip if self.client else "")
+        self._emit(self.session.timed_out())

@@ -1,0 +1,288 @@
+"""The SMTP listeners (``--smtp``, ``--submission``, ``--smtps``): factory, TLS, rules, limits.
+
+``build(context, spec, description)`` returns the listening service.  Per
+connection the factory does what tcpserver does for qmail-smtpd: it looks the
+client up in ``tcp/tcp.smtp(.cdb)`` (deny closes the connection without a
+word; ``VAR="value"`` settings become the session's environment, together
+with TCPREMOTEIP and friends), applies the connection limits (``MAXDAEMONS``
+or ``control/concurrencyincoming``, and ``MAXPERIP``), and builds the
+session with the settings snapshot of the moment seen through that
+environment.  The reverse DNS name (verified forwards, like tcpserver -p) is
+only looked up when a rule or ``relaydomains`` needs it.
+
+TLS: the certificate is ``SERVERCERT`` or ``certs/servercert.pem`` (private key
+and certificate chain in one PEM, IndiMail's layout).  STARTTLS is offered
+only when that file exists, and a replaced file is used from the next
+connection on.  ``--smtps`` takes an ``ssl:`` endpoint: one that names no TLS
+material (``ssl:465``, ``ssl:465:interface=...``) listens as ``tcp:`` and
+starts TLS itself on every connection with that same certificate, so 465
+also picks up a renewed certificate without a restart (and a missing one
+refuses connections with a logged error instead of stopping the server);
+one with ``privateKey=`` etc. is used as Twisted parses it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import strports
+from twisted.internet import defer, protocol, ssl
+from twisted.logger import Logger
+
+from indimail_tw.errors import ConfigError
+from indimail_tw.policy import default_policy
+from indimail_tw.policy.base import Client, SessionContext, SMTPPolicy
+from indimail_tw.policy.limits import ConnectionLimiter, max_connections, max_per_ip
+from indimail_tw.policy.tcprules import Action, RulesFile
+from indimail_tw.smtp.config import SessionConfig
+from indimail_tw.smtp.protocol import SMTPServerProtocol
+from indimail_tw.smtp.replies import Response
+from indimail_tw.smtp.session import SMTPSession
+
+log = Logger()
+
+SERVICES = {"smtp", "submission", "smtps"}
+TEMPORARY = Response(b"421 4.3.0 temporary failure, try again later\r\n", close=True)
+DENIED = Response(b"", close=True)
+
+
+class CertificateSource:
+    """The server certificate, re-read when the file changes (checked at most once a second)."""
+
+    def __init__(self, path: str, now: Callable[[], float]) -> None:
+        self.path = path
+        self._now = now
+        self._checked: float | None = None
+        self._stamp: tuple | None = None
+        self._options: ssl.CertificateOptions | None = None
+
+    def _refresh(self) -> None:
+        now = self._now()
+        if self._checked is not None and now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._stamp, self._options = None, None
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            self._options = load_certificate(self.path)
+            self._stamp = stamp
+        except Exception as e:  # noqa: BLE001 -- keep what we had, say why
+            log.error("cannot load TLS certificate {path}: {error}", path=self.path, error=e)
+
+    def available(self) -> bool:
+        self._refresh()
+        return self._options is not None
+
+    def options(self) -> ssl.CertificateOptions:
+        self._refresh()
+        if self._options is None:
+            raise ConfigError(f"{self.path}: no usable TLS certificate")
+        return self._options
+
+
+_PEM = re.compile(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.S)
+
+
+def load_certificate(path: str) -> ssl.CertificateOptions:
+    """CertificateOptions from one PEM holding the private key and the certificate chain."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    with open(path, "rb") as f:
+        data = f.read()
+    key, certs = None, []
+    for match in _PEM.finditer(data):
+        kind = match.group(1)
+        if kind.endswith(b"PRIVATE KEY") and key is None:
+            key = serialization.load_pem_private_key(match.group(0), password=None)
+        elif kind == b"CERTIFICATE":
+            certs.append(x509.load_pem_x509_certificate(match.group(0)))
+    if key is None or not certs:
+        raise ConfigError(f"{path}: needs a private key and a certificate")
+    return ssl.CertificateOptions(privateKey=key, certificate=certs[0],
+                                  extraCertChain=certs[1:],
+                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+def tcp_environ(client: Client) -> dict[str, str]:
+    """tcpserver's environment for a connection (tcp-environ(5))."""
+    env = {"PROTO": "TCP6" if ":" in client.remote_ip else "TCP",
+           "TCPREMOTEIP": client.remote_ip, "TCPREMOTEPORT": str(client.remote_port),
+           "TCPLOCALIP": client.local_ip, "TCPLOCALPORT": str(client.local_port)}
+    if client.remote_host:
+        env["TCPREMOTEHOST"] = client.remote_host
+    return env
+
+
+def reverse_dns(ip: str, timeout: float = 5.0) -> defer.Deferred:
+    """Deferred[verified host name or None]: PTR, then the name must resolve back to ``ip``."""
+    import ipaddress
+
+    from twisted.names import client as dns
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return defer.succeed(None)
+    ptr = address.reverse_pointer
+
+    @defer.inlineCallbacks
+    def lookup():
+        answers, _, _ = yield dns.lookupPointer(ptr, timeout=(timeout,))
+        names = [str(a.payload.name) for a in answers if a.type == 12]
+        if not names:
+            return None
+        name = names[0].rstrip(".")
+        lookup_forward = dns.lookupIPV6Address if address.version == 6 else dns.lookupAddress
+        forward, _, _ = yield lookup_forward(name, timeout=(timeout,))
+        found = {a.payload.dottedQuad() if address.version == 4 else
+                 ipaddress.ip_address(a.payload.address).compressed
+                 for a in forward if a.type in (1, 28)}
+        return name if address.compressed in found else None
+
+    return lookup().addErrback(lambda _failure: None)
+
+
+class SMTPFactory(protocol.Factory):
+    """Builds SMTP sessions for one listener (see the module docstring)."""
+
+    def __init__(self, context: Any, service: str = "smtp", *, implicit_tls: bool = False,
+                 tls_on_connect: bool = False,
+                 certificate: CertificateSource | None = None, rules: RulesFile | None = None,
+                 policy: SMTPPolicy | None = None, clock: Any = None,
+                 resolve: Callable[[str], defer.Deferred] | None = None) -> None:
+        if service not in SERVICES:
+            raise ValueError(f"not an SMTP service: {service!r}")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.context = context
+        self.service = service
+        self.implicit_tls = implicit_tls or tls_on_connect
+        self.tls_on_connect = tls_on_connect      # the listener is plain TCP: start TLS first
+        self.certificate = certificate
+        self.rules = rules
+        self.policy = policy or default_policy(context.store, context.paths.domains)
+        self.clock = clock
+        self.resolve = resolve or reverse_dns
+        self.limiter = ConnectionLimiter()
+        self._concurrency: tuple[Any, str | None] | None = None
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # noqa: N802
+        return SMTPServerProtocol(self)
+
+    def tls_options(self) -> ssl.CertificateOptions:
+        if self.certificate is None:
+            raise ConfigError("no TLS certificate configured")
+        return self.certificate.options()
+
+    def _concurrency_control(self, settings: Any) -> str | None:
+        if self._concurrency is None or self._concurrency[0] is not settings:
+            try:
+                value = settings.control.value("concurrencyincoming")
+            except (ConfigError, OSError):
+                value = None
+            self._concurrency = (settings, value)
+        return self._concurrency[1]
+
+    def open_session(self, proto: SMTPServerProtocol, client: Client
+                     ) -> SMTPSession | Response | defer.Deferred:
+        settings = self.context.config.current
+        rules = self.rules.current() if self.rules is not None else None
+        needs_host = (rules is not None and rules.uses_hosts) or bool(settings.relaydomains)
+        if not needs_host:
+            return self._admit(proto, client, settings, rules)
+        d = defer.maybeDeferred(self.resolve, client.remote_ip)
+        d.addErrback(lambda _f: None)
+
+        def resolved(host: str | None) -> SMTPSession | Response:
+            named = Client(client.remote_ip, client.remote_port, client.local_ip,
+                           client.local_port, host, client.service)
+            proto.client = named
+            return self._admit(proto, named, settings, rules)
+
+        return d.addCallback(resolved)
+
+    def _admit(self, proto: SMTPServerProtocol, client: Client, settings: Any,
+               rules: Any) -> SMTPSession | Response:
+        found = rules.match(client.remote_ip, client.remote_host) if rules is not None else None
+        action = found[1] if found else Action()
+        if not action.allow:
+            log.info("connection from {ip} denied by rule {rule!r}", ip=client.remote_ip,
+                     rule=found[0] if found else "")
+            return DENIED
+        env = action.environ({**self.context.environ, **tcp_environ(client)})
+        refused = self.limiter.admit(
+            client.remote_ip, max_connections(env, self._concurrency_control(settings)),
+            max_per_ip(env))
+        if refused is not None:
+            log.info("connection from {ip} refused: {why}", ip=client.remote_ip,
+                     why=refused.text)
+            return Response(refused.smtp(), close=True)
+        proto.admitted = True
+        try:
+            settings = settings.with_environ(env)
+        except ConfigError as e:
+            log.error("cannot apply the connection's environment: {error}", error=str(e))
+            return TEMPORARY
+        tls = self.implicit_tls
+        ctx = SessionContext(client=client, settings=settings, env=env, tls=tls)
+        available = self.certificate is not None and self.certificate.available()
+        config = SessionConfig.from_settings(settings, env, self.service, available)
+        return SMTPSession(config, ctx, self.policy, proto.parser, portal=self.context.portal,
+                           queue=self.context.queue, clock=self.clock,
+                           tls_details=proto.tls_details)
+
+    def connection_closed(self, proto: SMTPServerProtocol) -> None:
+        if proto.admitted and proto.client is not None:
+            proto.admitted = False
+            self.limiter.release(proto.client.remote_ip)
+
+
+def certificate_path(context: Any) -> str:
+    return context.environ.get("SERVERCERT") or os.path.join(context.paths.certs,
+                                                             "servercert.pem")
+
+
+_TLS_MATERIAL = {"privatekey", "certkey", "sslmethod", "extracertchain", "dhparameters",
+                 "cacertsdir", "method"}
+
+
+def implicit_tls_description(description: str) -> str | None:
+    """``tcp:...`` for an ``ssl:`` description that names no TLS material, else None."""
+    kind, _, rest = description.partition(":")
+    if kind != "ssl":
+        return None
+    keys = {part.split("=", 1)[0].lower() for part in rest.split(":") if "=" in part}
+    if keys & _TLS_MATERIAL:
+        return None
+    return "tcp:" + rest
+
+
+def build(context: Any, spec: Any, description: str) -> Any:
+    """The listening service for ``spec`` (smtp, submission or smtps) on ``description``."""
+    reactor = context.reactor
+    if reactor is None:
+        from twisted.internet import reactor
+    cert = certificate_path(context)
+    implicit = spec.name == "smtps" or description.split(":", 1)[0] == "ssl"
+    tcp = implicit_tls_description(description) if implicit else None
+    if tcp is not None:
+        description = tcp
+        if not os.path.exists(cert):
+            log.error("--{name}: TLS certificate {cert} does not exist: connections are "
+                      "refused until it does", name=spec.name, cert=cert)
+    factory = SMTPFactory(
+        context, spec.name, implicit_tls=implicit, tls_on_connect=tcp is not None,
+        certificate=CertificateSource(cert, reactor.seconds),
+        rules=RulesFile(context.paths.tcp, "tcp.smtp", now=reactor.seconds),
+        clock=reactor)
+    return strports.service(description, factory, reactor=reactor)

@@ -1,0 +1,112 @@
+"""The recipient check for our own virtual domains."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from indimail_tw.auth.flags import Flags
+from indimail_tw.errors import StoreUnavailable
+from indimail_tw.policy.recipients import dot_qmail_names
+from tests.smtp.support import Conn, Site, ehlo, make_factory
+
+
+@pytest.fixture
+def site():
+    s = Site(control={"rcpthosts": "example.com\nalias.example\nother.example\nsys.example\n",
+                      "virtualdomains": "example.com:example.com\nalias.example:alias.example\n",
+                      "locals": "sys.example\n"})
+    s.store.add_user("alice@example.com")
+    s.store.add_user("sleepy@example.com", active=False)
+    s.store.add_user("full@example.com", gid=Flags.BOUNCE_MAIL)
+    s.store.aliases[("sales", "example.com")] = ["&alice@example.com"]
+    s.store.alias_domains["alias.example"] = "example.com"
+    s.catchall("example.com")
+    yield s
+    s.cleanup()
+
+
+def rcpt(site, *addresses) -> list[str]:
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    conn.send("MAIL FROM:<s@remote.example>\r\n")
+    conn.output()
+    for address in addresses:
+        conn.send(f"RCPT TO:<{address}>\r\n")
+    return conn.lines()
+
+
+OK = "250 2.1.5 ok"
+
+
+def test_users_aliases_and_unknowns(site):
+    assert rcpt(site, "alice@example.com", "ALICE@Example.COM", "sales@example.com",
+                "alice@alias.example", "nobody@example.com") == [
+        OK, OK, OK, OK, "550 5.1.1 sorry, mailbox <nobody@example.com> is absent on this domain"]
+
+
+def test_inactive_and_overquota(site):
+    assert rcpt(site, "sleepy@example.com", "full@example.com") == [
+        "550 5.2.1 sorry, mailbox <sleepy@example.com> is inactive on this domain",
+        "550 5.2.2 sorry, mailbox <full@example.com> is overquota on this domain"]
+
+
+def test_extensions_postmaster_and_dot_qmail(site):
+    with open(os.path.join(site.paths.domains, "example.com", ".qmail-list:a"), "w") as f:
+        f.write("&alice@example.com\n")
+    with open(os.path.join(site.paths.domains, "example.com", ".qmail-team-default"), "w") as f:
+        f.write("&alice@example.com\n")
+    assert rcpt(site, "alice-news@example.com", "sales-x@example.com", "postmaster@example.com",
+                "list.a@example.com", "team-anything@example.com",
+                "nobody-x@example.com")[:-1] == [OK] * 5
+    assert dot_qmail_names("a.b-c") == [".qmail-a:b-c", ".qmail-a:b-default"]
+
+
+@pytest.mark.parametrize("handler", ["delete", "/home/mail/example.com/catch/Maildir",
+                                     "catch@example.com", "relay.example:192.0.2.1:25"])
+def test_catchall_accepts_everything(site, handler):
+    site.catchall("example.com", handler)
+    assert rcpt(site, "anyone@example.com") == [OK]
+
+
+def test_domain_without_qmail_default_is_checked(site):
+    os.unlink(os.path.join(site.paths.domains, "example.com", ".qmail-default"))
+    assert rcpt(site, "nobody@example.com")[0].startswith("550 5.1.1")
+
+
+def test_not_checked_when_off_or_not_ours(site):
+    assert rcpt(site, "anyone@other.example", "anyone@sys.example") == [OK, OK]
+    site.environ["CHECKRECIPIENT"] = "0"
+    assert rcpt(site, "nobody@example.com") == [OK]
+
+
+def test_chkrcptdomains_and_etrnhosts(site):
+    site.write_control("chkrcptdomains", "alias.example\n")
+    site.reload()
+    assert rcpt(site, "nobody@example.com", "nobody@alias.example")[0] == OK
+    site.write_control("chkrcptdomains", "")
+    site.write_control("etrnhosts", "example.com\n")
+    site.reload()
+    assert rcpt(site, "nobody@example.com") == [OK]
+
+
+def test_database_error_is_temporary(site):
+    site.store.fail = StoreUnavailable("down")
+    assert rcpt(site, "alice@example.com") == [
+        "451 4.3.2 Requested action aborted: temporary database error"]
+
+
+def test_max_rcpt_errcount(site):
+    site.environ["MAX_RCPT_ERRCOUNT"] = "2"
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<a@example.com>\r\n"
+              "RCPT TO:<b@example.com>\r\nRCPT TO:<alice@example.com>\r\n")
+    assert conn.codes() == [250, 550, 421] and conn.closed
+
+
+def test_goodrcptto_skips_the_check(site):
+    site.write_control("goodrcptto", "@example.com\n")
+    site.reload()
+    assert rcpt(site, "nobody@example.com") == [OK]

@@ -1,0 +1,114 @@
+"""PIPELINING: replies leave in command order while lookups, logins and commits are pending."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from indimail_tw.smtp import protocol as smtp_protocol
+from tests.smtp.support import Conn, Site, ehlo, make_factory
+
+
+@pytest.fixture
+def site():
+    s = Site(environ={"SECURE_AUTH": "0"})
+    s.store.add_user("alice@example.com")
+    s.store.add_user("bob@example.com")
+    yield s
+    s.cleanup()
+
+
+def test_replies_in_order_with_delayed_lookups(site):
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    site.store.delay = []
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\n"
+              "RCPT TO:<nobody@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+              "Subject: x\r\n\r\nhi\r\n.\r\nNOOP\r\n")
+    assert conn.codes() == [250]               # MAIL; the first lookup is pending
+    # only one lookup is in flight at a time, and nothing overtakes it
+    while site.store.delay:
+        d = site.store.delay.pop(0)
+        d.callback(None)
+    assert conn.codes() == [250, 550, 250, 354, 250, 250]
+    env, data = site.queue.messages[0]
+    assert [r.address for r in env.recipients] == ["alice@example.com", "bob@example.com"]
+    assert data.endswith(b"Subject: x\n\nhi\n")
+
+
+def test_lookups_answered_out_of_order_still_reply_in_order(site):
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    site.store.delay = []
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\n"
+              "RCPT TO:<bob@example.com>\r\nNOOP\r\n")
+    first = site.store.delay.pop(0)
+    assert site.store.delay == []              # the second RCPT waits for the first
+    first.callback(None)
+    assert conn.codes() == [250, 250]
+    site.store.delay.pop(0).callback(None)
+    assert conn.codes() == [250, 250]
+
+
+def test_delayed_login_keeps_order(site):
+    from twisted.internet import defer
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    gate = site.checker.delay = defer.Deferred()
+    conn.send(b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.com\0secret") + b"\r\n"
+              b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<x@remote.example>\r\n")
+    assert conn.codes() == []
+    gate.callback(None)
+    assert conn.codes() == [235, 250, 250]     # the RCPT was judged after the login
+
+
+def test_delayed_commit_and_next_transaction(site):
+    site.queue.auto_commit = False
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n"
+              "one\r\n.\r\nMAIL FROM:<t@remote.example>\r\nRCPT TO:<bob@example.com>\r\n")
+    assert conn.codes() == [250, 250, 354]
+    site.queue.fire()
+    assert conn.codes() == [250, 250, 250]
+
+
+def test_busy_session_pauses_the_transport(site, monkeypatch):
+    monkeypatch.setattr(smtp_protocol, "HIGH_WATER", 1000)
+    monkeypatch.setattr(smtp_protocol, "LOW_WATER", 100)
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    site.store.delay = []
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\n")
+    conn.send("NOOP\r\n" * 300)
+    assert conn.transport.producerState == "paused"
+    site.store.delay.pop(0).callback(None)
+    assert conn.transport.producerState == "producing"
+    assert conn.codes() == [250, 250] + [250] * 300
+
+
+def test_input_overflow_closes(site, monkeypatch):
+    monkeypatch.setattr(smtp_protocol, "HARD_LIMIT", 5000)
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    site.store.delay = []
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\n")
+    conn.send("NOOP\r\n" * 1000)
+    assert conn.closed and conn.lines()[-1].startswith("421 4.7.0")
+
+
+def test_queue_backpressure_holds_the_session(site):
+    from twisted.internet import defer
+    site.queue.drain_gate = defer.Deferred()
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n"
+              "first\r\n")
+    assert conn.codes() == [250, 250, 354]
+    conn.send("second\r\n.\r\nNOOP\r\n")
+    assert conn.codes() == []                  # waiting for the queue to drain
+    gate, site.queue.drain_gate = site.queue.drain_gate, None
+    gate.callback(None)
+    assert conn.codes() == [250, 250]
+    assert site.queue.messages[0][1].endswith(b"first\nsecond\n")
