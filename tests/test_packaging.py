@@ -14,7 +14,7 @@ from twisted.trial import unittest
 EXPECTED_SCRIPTS = (
     "vadddomain", "vdeldomain", "vaddaliasdomain", "vmoddomain", "vdominfo", "vadduser",
     "vdeluser", "vpasswd", "vmoduser", "vsetuserquota", "vuserinfo", "valias", "vatrn",
-    "vipmap", "vchkpass", "indimail-demo",
+    "vipmap", "vchkpass", "indimail-demo", "tcprules", "vdelivermail",
 )
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
