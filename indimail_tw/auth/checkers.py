@@ -25,7 +25,7 @@ from indimail_tw.auth.credentials import (
     AvatarId, LoginDenied, TemporaryLoginFailure, context_of, proof_for,
 )
 from indimail_tw.auth.flags import SERVICE_FLAGS, Flags
-from indimail_tw.auth.loginname import default_domain, split_login
+from indimail_tw.auth.loginname import canonical_ip, default_domain, split_login
 from indimail_tw.errors import StoreUnavailable
 from indimail_tw.storage.engine import Engine, Txn
 from indimail_tw.storage.store import REPOS
@@ -85,7 +85,10 @@ def authenticate(txn: Txn, login: str, proof, service: str, local_ip: str,
     if domain is None:
         ip_domain = None
         if local_ip and not policy.environ.get("INDIMAIL_DOMAIN"):
-            ip_domain = REPOS.ipmap.domain_for(txn, local_ip)
+            try:
+                ip_domain = REPOS.ipmap.domain_for(txn, canonical_ip(local_ip))
+            except ValueError:
+                ip_domain = None
         domain = default_domain(policy.environ, ip_domain, policy.locals,
                                 policy.configured_domain)
     if not name or not domain:
@@ -97,7 +100,7 @@ def authenticate(txn: Txn, login: str, proof, service: str, local_ip: str,
         return AuthOutcome("unknown", address, reason="no such user")
     # The password is checked before any flag, so a wrong password never
     # learns anything about the account.
-    if not proof.check(user.passwd):
+    if not proof.check(user.secret):
         return AuthOutcome("mismatch", address, user, reason="password mismatch")
     gate = SERVICE_FLAGS.get(service)
     if gate is not None and user.gid & gate:

@@ -10,6 +10,7 @@ file.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
 ATCHARS = "@%:"
@@ -40,3 +41,14 @@ def default_domain(environ: Mapping[str, str], ip_domain: str | None,
 def needs_ip_map(login: str, environ: Mapping[str, str]) -> bool:
     """Whether resolving ``login`` needs the vipmap lookup at all."""
     return split_login(login)[1] is None and not environ.get("INDIMAIL_DOMAIN")
+
+
+def canonical_ip(text: str) -> str:
+    """The form ip_alias_map stores: IPv4 dotted quad; IPv6 compressed lower case,
+    with an IPv4-mapped address written ``::ffff:a.b.c.d`` (as tcpserver sets
+    TCPLOCALIP).  vipmap writes and the login lookup reads in this form.
+    ValueError if invalid."""
+    address = ipaddress.ip_address(text.strip())
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)

@@ -19,12 +19,10 @@ from indimail_tw.delivery.message import HeaderScan, dtline_address, read_header
 from indimail_tw.maildir import quota as mq
 from indimail_tw.queue.envelope import Recipient
 from indimail_tw.storage.engine import Txn
-from indimail_tw.storage.repos import UserQuota
 from indimail_tw.storage.store import REPOS
 from indimail_tw.storage.users import User
 
 log = Logger()
-USERQUOTA = UserQuota()
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:
@@ -184,7 +182,7 @@ def mark_over_quota_txn(txn: Txn, name: str, domain: str, usage: int) -> None:
     user = REPOS.users.get(txn, name, domain)
     if user is not None and not user.gid & Flags.BOUNCE_MAIL:
         REPOS.users.set_flags(txn, name, domain, user.gid | Flags.BOUNCE_MAIL)
-    USERQUOTA.set(txn, name, domain, usage)
+    REPOS.userquota.set(txn, name, domain, usage)
 
 
 def clear_bounce_mail_txn(txn: Txn, name: str, domain: str) -> None:
@@ -192,4 +190,4 @@ def clear_bounce_mail_txn(txn: Txn, name: str, domain: str) -> None:
     user = REPOS.users.get(txn, name, domain)
     if user is not None and user.gid & Flags.BOUNCE_MAIL:
         REPOS.users.set_flags(txn, name, domain, user.gid & ~Flags.BOUNCE_MAIL)
-    USERQUOTA.set(txn, name, domain, 0)
+    REPOS.userquota.set(txn, name, domain, 0)

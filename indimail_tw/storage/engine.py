@@ -105,6 +105,9 @@ class Engine:
     def dialect_sql(self, sql: str) -> str:
         return sql
 
+    def begin(self, cursor: Any) -> None:
+        """Start a transaction on ``cursor`` (the driver's implicit BEGIN by default)."""
+
     def columns(self, txn: Txn, table: str) -> set[str]:
         raise NotImplementedError
 
@@ -125,6 +128,7 @@ class Engine:
         try:
             cursor = conn.cursor()
             try:
+                self.begin(cursor)
                 result = fn(Txn(cursor, self), *args, **kw)
             except BaseException as e:
                 with contextlib.suppress(Exception):
@@ -145,6 +149,7 @@ class Engine:
             self._pool = self._make_pool()
 
         def interaction(cursor: Any) -> T:
+            self.begin(cursor)
             return fn(Txn(cursor, self), *args, **kw)
 
         d = self._pool.runInteraction(interaction)
@@ -254,6 +259,13 @@ class SQLiteEngine(Engine):
 
     def _connect(self) -> sqlite3.Connection:
         return self._open()
+
+    def begin(self, cursor: Any) -> None:
+        # Take the write lock up front: a deferred transaction that reads and
+        # then writes cannot upgrade when another process (a CLI, a second
+        # server) committed meanwhile, and fails at once instead of waiting.
+        # BEGIN IMMEDIATE waits (busy_timeout) and then holds the lock.
+        cursor.execute("BEGIN IMMEDIATE")
 
     def _make_pool(self) -> adbapi.ConnectionPool:
         if not self.create and not os.path.exists(self.path):

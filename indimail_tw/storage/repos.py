@@ -103,6 +103,10 @@ class UserQuota:
         return txn.execute("DELETE FROM userquota WHERE user = ? AND domain = ?",
                            (user, domain))
 
+    def delete_domain(self, txn: Txn, domain: str) -> int:
+        return txn.execute("DELETE FROM userquota WHERE domain = ?", (domain,))
+
+
 class Relay:
     """``relay``: POP/IMAP-before-SMTP rows (email, ipaddr, Unix time)."""
 

@@ -13,7 +13,8 @@ from zope.interface import implementer
 from indimail_tw.interfaces import IUserStore
 from indimail_tw.storage.engine import Engine, Txn
 from indimail_tw.storage.repos import (
-    AliasDomains, Aliases, AtrnMap, DirControl, IpAliasMap, LastAuth, Relay, VLimits,
+    AliasDomains, Aliases, AtrnMap, DirControl, IpAliasMap, LastAuth, Relay, UserQuota,
+    VLimits,
 )
 from indimail_tw.storage.users import User, Users
 
@@ -30,6 +31,7 @@ class Repos:
     aliasdomains = AliasDomains()
     dircontrol = DirControl()
     vlimits = VLimits()
+    userquota = UserQuota()
 
 
 REPOS = Repos()

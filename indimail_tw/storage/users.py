@@ -34,6 +34,14 @@ class User:
         return f"{self.name}@{self.domain}"
 
     @property
+    def secret(self) -> str:
+        """The password record authentication compares with, as IndiMail's
+        sql_getpw builds it: ``scram + "," + pw_passwd`` when the ``scram``
+        column is set (``{CRAM}clear`` or ``{SCRAM-...}iter,salt,keys``, with
+        the crypt hash in ``pw_passwd``), else ``pw_passwd`` alone."""
+        return f"{self.scram},{self.passwd}" if self.scram else self.passwd
+
+    @property
     def maildir(self) -> str:
         return f"{self.dir.rstrip('/')}/Maildir"
 
@@ -55,12 +63,18 @@ class Users:
         return txn.tables.indimail, txn.tables.indibak
 
     def get(self, txn: Txn, name: str, domain: str) -> User | None:
-        """The user, active first; ``None`` when neither table has it."""
+        """The user, active first; ``None`` when neither table has it.
+
+        ``User.scram`` is filled from the ``scram`` column where the table has one.
+        """
         for table, active in zip(self._tables(txn), (True, False), strict=False):
-            row = txn.query_one(f"SELECT {_COLUMNS} FROM {table} "
+            has_scram = "scram" in txn.columns(table)
+            columns = _COLUMNS + (", scram" if has_scram else "")
+            row = txn.query_one(f"SELECT {columns} FROM {table} "
                                 "WHERE pw_name = ? AND pw_domain = ?", (name, domain))
             if row is not None:
-                return _row_to_user(row, active)
+                user = _row_to_user(row, active)
+                return user.with_(scram=row[8] or None) if has_scram else user
         return None
 
     def add(self, txn: Txn, user: User) -> None:

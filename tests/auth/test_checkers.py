@@ -64,6 +64,10 @@ class StoreCheckerMixin(EngineMixin):
             REPOS.users.add(txn, mk("norelay", gid=Flags.NO_RELAY))
             REPOS.users.add(txn, mk("sleepy", active=False))
             REPOS.users.add(txn, mk("cram", passwd=passwords.make_cram_record("tanstaaf")))
+            # as vadduser -C stores it (IndiMail's sql_getpw): hash in pw_passwd,
+            # the {CRAM} clear text in the scram column
+            REPOS.users.add(txn, mk("cram2", passwd=passwords.make_hash("tanstaaf"),
+                                    scram="{CRAM}tanstaaf"))
             REPOS.aliasdomains.add(txn, "example.net", "example.com")
             REPOS.ipmap.set(txn, "192.0.2.25", "example.com")
 
@@ -85,6 +89,9 @@ class StoreCheckerMixin(EngineMixin):
     @defer.inlineCallbacks
     def test_bare_login_uses_ip_map_or_default_domain(self):
         avatar = yield self.login("alice", local_ip="192.0.2.25")
+        self.assertEqual(avatar, b"alice@example.com")
+        self.engine.run_sync(REPOS.ipmap.set, "::ffff:198.51.100.1", "example.com")
+        avatar = yield self.login("alice", local_ip="::FFFF:198.51.100.1")
         self.assertEqual(avatar, b"alice@example.com")
         yield self.assertFailure(self.login("alice", local_ip="192.0.2.26"), UnauthorizedLogin)
         self.checker.bind(self.engine, AuthPolicy(environ={"DEFAULT_DOMAIN": "example.com"}))
@@ -137,6 +144,13 @@ class StoreCheckerMixin(EngineMixin):
         # the {CRAM} record's hash still serves LOGIN/PLAIN
         avatar = yield self.login("cram@example.com", "tanstaaf")
         self.assertEqual(avatar, b"cram@example.com")
+        # the scram column's record serves CRAM, pw_passwd serves LOGIN/PLAIN
+        response = hmac.new(b"tanstaaf", challenge, "md5").hexdigest()
+        avatar = yield self.checker.requestAvatarId(
+            ChallengeCredentials("cram2@example.com", challenge, response))
+        self.assertEqual(avatar, b"cram2@example.com")
+        avatar = yield self.login("cram2@example.com", "tanstaaf")
+        self.assertEqual(avatar, b"cram2@example.com")
 
     @defer.inlineCallbacks
     def test_domain_limits_expiry(self):

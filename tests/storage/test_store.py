@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -234,3 +236,33 @@ class HostMysqlTests(unittest.SynchronousTestCase):
         from indimail_tw.storage.engine import parse_host_mysql
         self.assertRaises(StoreError, parse_host_mysql, "h:u:p:notaport", {})
         self.assertRaises(StoreError, parse_host_mysql, "h:u:p:70000", {})
+
+
+def _concurrent_writer(path: str, worker: int, count: int) -> int:
+    engine = SQLiteEngine(path)
+    failures = 0
+    for i in range(count):
+        def txn_fn(txn, name=f"w{worker}u{i}"):
+            REPOS.dircontrol.allocate(txn, "example.com", 100)    # read, then write
+            REPOS.users.add(txn, User(name=name, domain="example.com", passwd="x"))
+        try:
+            engine.run_sync(txn_fn)
+        except Exception:  # noqa: BLE001
+            failures += 1
+    return failures
+
+
+class SQLiteConcurrencyTests(unittest.TestCase):
+    def test_processes_writing_at_once_never_fail(self):
+        """Read-then-write transactions from several processes (CLIs beside the
+        server) wait for each other instead of failing with 'database is locked'."""
+        import multiprocessing
+
+        path = os.path.join(os.path.abspath(self.mktemp()), "db.sqlite")
+        engine = SQLiteEngine(path)
+        engine.run_sync(engine.prepare)
+        with multiprocessing.get_context("fork").Pool(4) as pool:
+            failures = pool.starmap(_concurrent_writer, [(path, w, 25) for w in range(4)])
+        self.assertEqual(failures, [0, 0, 0, 0])
+        self.assertEqual(engine.run_sync(R.users.count_domain, "example.com"), 100)
+        self.assertEqual(engine.run_sync(R.dircontrol.get, "example.com").cur_users, 100)
