@@ -26,8 +26,8 @@ class DemoTests(unittest.TestCase):
         again = subprocess.run([os.path.join(BIN, "indimail-demo"), "--root", root],
                                capture_output=True, text=True, env=env)
         self.assertEqual(first.stdout, again.stdout)      # same root, same credentials
-        creds = dict(line.split("=", 1) for line in
-                     open(os.path.join(root, "demo-credentials.txt")).read().splitlines())
+        with open(os.path.join(root, "demo-credentials.txt")) as f:
+            creds = dict(line.split("=", 1) for line in f.read().splitlines())
         self.assertEqual(os.stat(os.path.join(root, "demo-credentials.txt")).st_mode & 0o077, 0)
         self.assertIn(creds["password"], first.stdout)
         self.assertTrue(os.path.exists(os.path.join(root, "certs", "servercert.pem")))

@@ -12,7 +12,6 @@ a name always means exactly what was typed.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping

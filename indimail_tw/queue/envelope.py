@@ -2,7 +2,8 @@
 
 Plain data.  The queue serialises it in its own self-delimiting record
 format (never pickle); receivers build it; delivery agents and the bounce
-generator read it.
+generator read it.  A new field is stored automatically if its values are
+str, int, float, bool, None or tuples of str (``indimail_tw.queue.records``).
 """
 
 from __future__ import annotations
