@@ -70,6 +70,34 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
     return context
 
 
+def channel_router(context: ServerContext):
+    """qmail-send's classification: an address whose domain is in ``locals`` or
+    matched by ``virtualdomains`` is local; everything else is remote."""
+
+    def route(address: str) -> str:
+        settings = context.config.current
+        domain = address.rpartition("@")[2].lower()
+        if not domain or settings.is_local(domain):
+            return "local"
+        if settings.virtualdomains.lookup(address) is not None:
+            return "local"
+        return "remote"
+
+    return route
+
+
+def attach_queue(context: ServerContext, parent: service.MultiService) -> None:
+    """Build the queues with the local delivery agent and run them under ``parent``."""
+    from indimail_tw.delivery.local import build_local_agent
+    from indimail_tw.queue.service import build_queue
+
+    context.local_agent = build_local_agent(context)
+    queue_set, queue_service = build_queue(
+        context, {"local": context.local_agent, "remote": None}, channel_router(context))
+    context.queue = queue_set
+    queue_service.setServiceParent(parent)
+
+
 def _bind(context: ServerContext) -> None:
     if IBindable.providedBy(context.checker):
         context.checker.bind(context.engine, context.auth_policy())
@@ -84,6 +112,7 @@ class IndiMailService(service.MultiService):
         super().__init__()
         self.context = context
         self._previous_hup = None
+        attach_queue(context, self)
 
     def reload(self) -> bool:
         ok = self.context.config.reload()

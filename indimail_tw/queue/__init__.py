@@ -14,11 +14,11 @@ a queue are described in :mod:`indimail_tw.queue.store`:
 ===  ===================  ===========================  ===============================
 S0   not in the queue     --                           writer created -> S1
 S1   being received       ``mess/ID`` (partial), and   commit: data fsynced, envelope
-                          at commit ``tmp/ID``         fsynced -> S2; abort, error or
+                          at commit ``tmp/NAME``       fsynced -> S2; abort, error or
                                                        crash -> removed (recovery
                                                        removes any leftovers)
-S2   prepared             ``mess/ID`` + ``tmp/ID``,    batch: fsync ``mess/``, rename
-                          both fsynced                 ``tmp/ID`` -> ``info/ID``, fsync
+S2   prepared             ``mess/ID`` + ``tmp/NAME``,  batch: fsync ``mess/``, rename
+                          both fsynced                 ``tmp/NAME`` -> ``info/ID``, fsync
                                                        ``info/`` -> S3 (the enqueue
                                                        Deferred fires only now)
 S3   committed            ``info/ID`` + ``mess/ID``    deliveries; recipient states in

@@ -1,0 +1,108 @@
+"""Running blocking work off the reactor, and group commit.
+
+A *runner* is ``run(f, *args) -> Deferred``: :class:`ThreadRunner` runs ``f`` in
+a thread pool; tests use :class:`SyncRunner` (runs ``f`` at once) or a runner
+they step by hand.
+
+:class:`Batcher` is the group-commit engine: items submitted while a batch is
+being processed wait, and the next batch takes all of them at once, so the
+fixed cost of a batch (directory fsyncs) is shared by every message that was
+ready at that moment and throughput grows with concurrency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    def __call__(self, f: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred: ...
+
+
+class ThreadRunner:
+    """Runs blocking calls in a Twisted thread pool, results back on the reactor."""
+
+    def __init__(self, reactor: Any, pool: Any) -> None:
+        self.reactor = reactor
+        self.pool = pool
+
+    def __call__(self, f: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(self.reactor, self.pool, f, *args, **kw)
+
+
+class SyncRunner:
+    """Runs blocking calls at once, in the caller's thread (unit tests only)."""
+
+    def __call__(self, f: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred:
+        return defer.maybeDeferred(f, *args, **kw)
+
+
+class Batcher(Generic[T]):
+    """Processes submitted items in batches, one batch at a time.
+
+    ``process(items)`` runs through ``run`` and returns one result per item; a
+    result that is an exception fails that item's Deferred.  If ``process``
+    raises, every item of the batch fails.
+    """
+
+    def __init__(self, run: Runner,
+                 process: Callable[[Sequence[T]], Sequence[Any]]) -> None:
+        self._run = run
+        self._process = process
+        self._waiting: list[tuple[T, defer.Deferred]] = []
+        self._busy = False
+        self._idle: list[defer.Deferred] = []
+        self.batches = 0          # how many batches ran (for tests and stats)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, item: T) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((item, d))
+        self._next()
+        return d
+
+    def idle(self) -> defer.Deferred:
+        """Fires once nothing is waiting or being processed."""
+        if not self._busy and not self._waiting:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def _next(self) -> None:
+        if self._busy:
+            return
+        if not self._waiting:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        batch, self._waiting = self._waiting, []
+        self._busy = True
+        self.batches += 1
+        d = self._run(self._process, [item for item, _ in batch])
+        d.addBoth(self._done, batch)
+
+    def _done(self, results: Any, batch: list[tuple[T, defer.Deferred]]) -> None:
+        self._busy = False
+        if isinstance(results, Failure):
+            outcomes: Sequence[Any] = [results] * len(batch)
+        else:
+            outcomes = results
+        for (_, d), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                d.errback(Failure(outcome))
+            elif isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        self._next()

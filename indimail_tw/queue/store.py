@@ -1,0 +1,357 @@
+"""One queue directory on disk.  Every method blocks: call them in a thread.
+
+Layout of a queue (``queue/queueN``)::
+
+    lock         flock()ed by the process that owns the queue
+    mess/ID      message data, created in place; uncommitted until info/ID exists
+    tmp/NAME     envelope being written; anything here at startup is garbage
+    info/ID      envelope file: its appearance (rename from tmp/) commits the message
+    state/ID     per-recipient state log (append-only)
+    corrupt/     damaged committed files, moved aside by recovery (never deleted)
+
+Commit of a batch: each message's data and envelope are written and fsynced (in
+parallel, two jobs per message), then one job for the whole batch fsyncs
+``mess/``, renames every ``tmp/NAME`` to ``info/ID`` and fsyncs ``info/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from indimail_tw import fsutil
+from indimail_tw.queue import records
+from indimail_tw.queue.envelope import Envelope
+from indimail_tw.queue.states import RecipientState
+
+SUBDIRS = ("mess", "tmp", "info", "state", "corrupt")
+
+
+class QueueLocked(OSError):
+    """Another process owns this queue."""
+
+
+@dataclass
+class DataFile:
+    """A message being written: filled in by the thread that creates the file."""
+
+    id: str | None = None
+    fd: int | None = None
+    size: int = 0
+
+
+@dataclass
+class Prepared:
+    """A message whose data and envelope are durable, waiting for its commit."""
+
+    id: str
+    envelope: Envelope
+    size: int
+    tmp: str                # the envelope's name in tmp/
+
+
+@dataclass
+class StoredMessage:
+    """A committed message as recovery found it."""
+
+    id: str
+    envelope: Envelope
+    size: int
+    states: list[RecipientState]
+    bad_state_lines: int = 0
+
+
+@dataclass
+class Recovered:
+    messages: list[StoredMessage] = field(default_factory=list)
+    removed: int = 0                       # uncommitted leftovers cleaned up
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    bad_state_lines: int = 0
+
+
+_random = random.Random()          # ids need uniqueness (O_EXCL checks it), not secrecy
+_names = itertools.count(1)
+
+
+def new_id() -> str:
+    """A queue id: seconds (hex, so ids sort by age) and 40 random bits."""
+    return f"{int(time.time()):08x}{_random.getrandbits(40):010x}"
+
+
+def new_tmp_name() -> str:
+    """A name for tmp/, unique in this process (tmp/ is emptied at every start)."""
+    return f"{os.getpid()}.{next(_names)}"
+
+
+class QueueStore:
+    """The files of one queue."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.mess, self.tmp, self.info, self.state, self.corrupt = (
+            os.path.join(self.path, sub) for sub in SUBDIRS)
+        self._lock_fd: int | None = None
+
+    def mess_path(self, msg_id: str) -> str:
+        return os.path.join(self.mess, msg_id)
+
+    # -- ownership ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create missing directories and take the queue's lock."""
+        for sub in SUBDIRS:
+            fsutil.make_dirs(os.path.join(self.path, sub), 0o750)
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise QueueLocked(e.errno, f"queue {self.path} is in use by another process") from e
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- writing a message ----------------------------------------------------------------
+
+    def append(self, data: DataFile, chunk: bytes) -> None:
+        """Append to the message's data file, creating it on first use."""
+        try:
+            if data.fd is None:
+                self._create(data)
+            fsutil.write_all(data.fd, chunk)
+            data.size += len(chunk)
+        except BaseException:
+            self.discard(data)
+            raise
+
+    def append_from(self, data: DataFile, source: Any, blocksize: int = 256 * 1024) -> None:
+        """Append everything a readable binary file object holds."""
+        while True:
+            chunk = source.read(blocksize)
+            if not chunk:
+                return
+            self.append(data, chunk)
+
+    def finish(self, data: DataFile, chunk: bytes, source: Any = None) -> None:
+        """Append the last bytes (``chunk``, then all of ``source`` if given), fsync and
+        close the data file (created if nothing was spilled)."""
+        try:
+            self.append(data, chunk)
+            if source is not None:
+                self.append_from(data, source)
+            fsutil.fsync_file(data.fd)
+            os.close(data.fd)
+            data.fd = None
+        except BaseException:
+            self.discard(data)
+            raise
+
+    def write_envelope(self, name: str, envelope: Envelope, size: int) -> None:
+        """Write and fsync ``tmp/NAME``: the envelope of a message of ``size`` bytes."""
+        fsutil.write_new_file(os.path.join(self.tmp, name),
+                              [records.encode_envelope(envelope, size)])
+
+    def prepare(self, data: DataFile, chunk: bytes, envelope: Envelope, name: str,
+                source: Any = None) -> Prepared:
+        """:meth:`finish`, then :meth:`write_envelope`, one after the other (when the size
+        is known only once ``source`` has been copied)."""
+        self.finish(data, chunk, source)
+        try:
+            self.write_envelope(name, envelope, data.size)
+        except BaseException:
+            self.discard(data)
+            raise
+        return Prepared(data.id, envelope, data.size, name)
+
+    def discard(self, data: DataFile, name: str | None = None) -> None:
+        """Throw away an uncommitted message (safe to call more than once)."""
+        if data.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(data.fd)
+            data.fd = None
+        for path in (os.path.join(self.tmp, name) if name else None,
+                     self.mess_path(data.id) if data.id else None):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def _create(self, data: DataFile) -> None:
+        while True:
+            msg_id = new_id()
+            try:
+                data.fd = os.open(self.mess_path(msg_id),
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            data.id = msg_id
+            return
+
+    def commit(self, batch: Sequence[Prepared]) -> list[Prepared | BaseException]:
+        """The commit step of a batch: fsync mess/, rename tmp/ -> info/, fsync info/.
+
+        Returns one entry per message: the Prepared when committed, else the error
+        (its files are removed again).
+        """
+        results: list[Prepared | BaseException] = list(batch)
+        try:
+            fsutil.fsync_dir(self.mess)      # data entries durable before any marker
+        except OSError as e:
+            for p in batch:
+                self._forget(p)
+            return [e] * len(batch)
+        for i, p in enumerate(batch):
+            try:
+                fsutil.rename(os.path.join(self.tmp, p.tmp), os.path.join(self.info, p.id))
+            except OSError as e:
+                results[i] = e
+                self._forget(p)
+        try:
+            fsutil.fsync_dir(self.info)
+        except OSError as e:
+            for i, p in enumerate(batch):
+                if results[i] is p:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.info, p.id))
+                    self._forget(p)
+                    results[i] = e
+        return results
+
+    def _forget(self, p: Prepared) -> None:
+        """Remove an uncommitted message's files; errors here must not hide the cause."""
+        self.discard(DataFile(p.id), p.tmp)
+
+    # -- bookkeeping after commit -------------------------------------------------------------
+
+    def apply(self, ops: Sequence[tuple[str, str, bytes]]) -> list[OSError | None]:
+        """Apply a batch of ``("state", id, line)`` and ``("remove", id, b"")`` ops.
+
+        State lines are appended (no fsync: see :mod:`states`); lines of a message
+        removed in the same batch are skipped.  Removals take out every ``info/ID``
+        first, fsync ``info/`` once, then remove the rest.  Returns one entry per
+        op: None, or the error that op met.
+        """
+        gone = {msg_id for op, msg_id, _ in ops if op == "remove"}
+        lines: dict[str, list[bytes]] = {}
+        for op, msg_id, line in ops:
+            if op == "state" and msg_id not in gone:
+                lines.setdefault(msg_id, []).append(line)
+        errors: dict[str, OSError] = {}
+        for msg_id, chunks in lines.items():
+            try:
+                self._append_state(msg_id, b"".join(chunks))
+            except OSError as e:
+                errors[msg_id] = e
+        if gone:
+            for msg_id in gone:
+                try:
+                    _unlink(os.path.join(self.info, msg_id))
+                except OSError as e:
+                    errors[msg_id] = e
+            fsutil.fsync_dir(self.info)
+            for msg_id in gone - set(errors):
+                with contextlib.suppress(OSError):      # harmless leftovers for recovery
+                    _unlink(self.mess_path(msg_id))
+                    _unlink(os.path.join(self.state, msg_id))
+        return [errors.get(msg_id) for _, msg_id, _ in ops]
+
+    def _append_state(self, msg_id: str, data: bytes) -> None:
+        fd = os.open(os.path.join(self.state, msg_id),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fsutil.write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_envelope(self, msg_id: str) -> tuple[Envelope, int]:
+        with open(os.path.join(self.info, msg_id), "rb") as f:
+            return records.decode_envelope(f.read())
+
+    def read_states(self, msg_id: str, envelope: Envelope) -> tuple[list[RecipientState], int]:
+        """Recipient states from the log (pending when absent); and rejected lines."""
+        birth = envelope.received_at
+        states = [RecipientState(i, r, next_at=birth) for i, r in enumerate(envelope.recipients)]
+        try:
+            with open(os.path.join(self.state, msg_id), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return states, 0
+        lines, bad = records.decode_states(data)
+        for fields in lines:
+            index = fields.get("i")
+            if not isinstance(index, int) or not 0 <= index < len(states):
+                raise records.CorruptRecord(f"state line for unknown recipient {index!r}")
+            try:
+                states[index].apply(fields)
+            except (ValueError, TypeError) as e:
+                raise records.CorruptRecord(f"bad state line: {e}") from e
+        return states, bad
+
+    def load(self, msg_id: str) -> StoredMessage:
+        """A committed message; CorruptRecord or OSError if it cannot be used."""
+        envelope, size = self.read_envelope(msg_id)
+        try:
+            actual = os.stat(self.mess_path(msg_id)).st_size
+        except FileNotFoundError:
+            raise records.CorruptRecord("message data file is missing") from None
+        if actual != size:
+            raise records.CorruptRecord(f"message data is {actual} bytes, envelope says {size}")
+        states, bad = self.read_states(msg_id, envelope)
+        return StoredMessage(msg_id, envelope, size, states, bad)
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Clean up after a crash and return the committed messages.
+
+        Uncommitted files (tmp/ entries, data or state without info/) are removed;
+        committed messages that cannot be read are moved to corrupt/.
+        """
+        report = Recovered()
+        for name in os.listdir(self.tmp):
+            _unlink(os.path.join(self.tmp, name))
+            report.removed += 1
+        committed = set()
+        for msg_id in sorted(os.listdir(self.info)):
+            try:
+                message = self.load(msg_id)
+            except (records.CorruptRecord, OSError) as e:
+                self.move_aside(msg_id)
+                report.corrupt.append((msg_id, str(e)))
+                continue
+            report.bad_state_lines += message.bad_state_lines
+            committed.add(msg_id)
+            report.messages.append(message)
+        for directory in (self.mess, self.state):
+            for name in os.listdir(directory):
+                if name not in committed:
+                    _unlink(os.path.join(directory, name))
+                    report.removed += 1
+        if report.removed:
+            fsutil.fsync_dirs([self.tmp, self.mess, self.state])
+        return report
+
+    def move_aside(self, msg_id: str) -> None:
+        """Move a message's files into corrupt/ as ID.info, ID.mess, ID.state."""
+        for directory, suffix in ((self.info, "info"), (self.mess, "mess"),
+                                  (self.state, "state")):
+            src = os.path.join(directory, msg_id)
+            if os.path.lexists(src):
+                fsutil.rename(src, os.path.join(self.corrupt, f"{msg_id}.{suffix}"))
+        fsutil.fsync_dirs([self.corrupt, self.info])
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

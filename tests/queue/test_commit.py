@@ -1,0 +1,259 @@
+"""Receiving a message: durability order, group commit, spills, disk errors."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+
+import pytest
+
+from indimail_tw import fsutil
+from indimail_tw.errors import MailError
+from indimail_tw.queue import Envelope
+from indimail_tw.queue.records import decode_envelope
+from tests.queue.helpers import ManualRunner, files, make_queue, result_of
+
+ENV = Envelope.simple("alice@example.com", "bob@remote.test")
+
+
+@pytest.fixture
+def trace(monkeypatch):
+    """Record every fsync, rename and directory fsync through fsutil, in order."""
+    events: list[tuple[str, ...]] = []
+    real_fsync_file, real_fsync_dir, real_rename = (fsutil.fsync_file, fsutil.fsync_dir,
+                                                    fsutil.rename)
+
+    def fsync_file(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync_file(fd)
+
+    def fsync_dir(path):
+        events.append(("fsync_dir", os.path.abspath(path)))
+        real_fsync_dir(path)
+
+    def rename(src, dst):
+        events.append(("rename", src, dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fsutil, "fsync_file", fsync_file)
+    monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(fsutil, "rename", rename)
+    return events
+
+
+def test_enqueue_fires_only_after_data_envelope_commit_and_directory_are_durable(
+        tmp_path, trace):
+    run = ManualRunner()
+    queue = make_queue(str(tmp_path / "queue1"), run=run)
+    trace.clear()
+    d = queue.enqueue(ENV, b"Subject: x\n\nhello\n")
+    fired = []
+    d.addCallback(lambda msg_id: (trace.append(("fired", msg_id)), fired.append(msg_id)))
+    while not fired:
+        assert run.step(), "the enqueue never finished"
+    (msg_id,) = fired
+    s = queue.store
+    (env_name,) = [os.path.basename(e[1]) for e in trace if e[0] == "rename"]
+    # data and envelope are fsynced by two jobs at once, so in either order
+    assert sorted(trace[:2]) == [("fsync", os.path.join(s.mess, msg_id)),
+                                 ("fsync", os.path.join(s.tmp, env_name))]
+    assert trace[2:] == [
+        ("fsync_dir", s.mess),                                   # data's entry
+        ("rename", os.path.join(s.tmp, env_name), os.path.join(s.info, msg_id)),  # commit
+        ("fsync_dir", s.info),                                   # commit durable
+        ("fired", msg_id),
+    ]
+    with open(os.path.join(s.mess, msg_id), "rb") as f:
+        assert f.read() == b"Subject: x\n\nhello\n"
+    env, size = s.read_envelope(msg_id)
+    assert size == 18 and env.sender == ENV.sender and env.received_at > 0
+
+
+def test_concurrent_commits_share_directory_fsyncs(tmp_path, trace):
+    run = ManualRunner()
+    queue = make_queue(str(tmp_path / "queue1"), run=run)
+    trace.clear()
+    n = 20
+    ids = []
+    for i in range(n):
+        queue.enqueue(ENV, b"message %d\n" % i).addCallback(ids.append)
+    run.run_all()
+    assert len(set(ids)) == n
+    assert files(queue, "info") == sorted(ids)
+    dir_syncs = [e for e in trace if e[0] == "fsync_dir"]
+    assert queue.committer.batches < n
+    assert len(dir_syncs) == 2 * queue.committer.batches < 2 * n
+    # the first batch took one message, the second all that became ready meanwhile
+    assert queue.committer.batches == 2
+
+
+def test_every_commit_in_a_batch_waits_for_the_batch(tmp_path):
+    run = ManualRunner()
+    queue = make_queue(str(tmp_path / "queue1"), run=run)
+    done: list[str] = []
+    for i in range(3):
+        queue.enqueue(ENV, b"m%d\n" % i).addCallback(done.append)
+    assert run.run_pending() == 6          # data and envelope of each message
+    assert done == [] and len(run.jobs) == 1
+    run.step()                             # batch 1: the first message
+    assert len(done) == 1
+    run.step()                             # batch 2: the other two together
+    assert len(done) == 3 and queue.committer.batches == 2
+
+
+def test_large_messages_spill_in_order_with_bounded_buffer(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"), spill_limit=1000)
+    w = queue.writer(ENV)
+    chunks = [bytes([65 + i % 26]) * 300 for i in range(40)]
+    for chunk in chunks:
+        w.write(chunk)
+        assert w._buffered < 1000                # spilled as soon as the limit is reached
+    assert w.size == 12000
+    assert os.path.getsize(queue.store.mess_path(w._data.id)) > 10000
+    msg_id = result_of(w.commit())
+    with open(queue.store.mess_path(msg_id), "rb") as f:
+        assert f.read() == b"".join(chunks)
+    assert queue.store.read_envelope(msg_id)[1] == 12000
+
+
+def test_one_spill_at_a_time_and_later_bytes_wait_for_it(tmp_path):
+    run = ManualRunner()
+    queue = make_queue(str(tmp_path / "queue1"), run=run, spill_limit=1000)
+    w = queue.writer(ENV)
+    chunks = [bytes([65 + i % 26]) * 300 for i in range(40)]
+    for chunk in chunks[:4]:
+        w.write(chunk)
+    assert len(run.jobs) == 1                    # the first spill
+    assert w.drained().called
+    for chunk in chunks[4:]:
+        w.write(chunk)
+    drained = w.drained()
+    assert len(run.jobs) == 1 and not drained.called
+    run.step()                                   # first spill done: the next takes the rest
+    assert len(run.jobs) == 1 and drained.called
+    d = w.commit()
+    run.run_all()
+    msg_id = result_of(d)
+    with open(queue.store.mess_path(msg_id), "rb") as f:
+        assert f.read() == b"".join(chunks)
+
+
+def test_enqueue_accepts_a_file_object(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"))
+    data = os.urandom(700_000)
+    msg_id = result_of(queue.enqueue(ENV, io.BytesIO(data)))
+    with open(queue.store.mess_path(msg_id), "rb") as f:
+        assert f.read() == data
+    assert queue.store.read_envelope(msg_id)[1] == len(data)
+
+
+def test_abort_removes_the_partial_message(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"), spill_limit=10)
+    w = queue.writer(ENV)
+    w.write(b"x" * 100)
+    assert len(files(queue, "mess")) == 1
+    w.abort()
+    assert files(queue, "mess") == [] and files(queue, "tmp") == []
+    assert queue.writers == 0
+
+
+def assert_nothing_left(queue):
+    for sub in ("mess", "tmp", "info", "state"):
+        assert files(queue, sub) == [], sub
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+    """os.write fails with ENOSPC once ``after`` calls have succeeded."""
+    real_write = os.write
+    state = {"after": 0, "calls": 0}
+
+    def write(fd, data):
+        state["calls"] += 1
+        if state["calls"] > state["after"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    return state
+
+
+@pytest.mark.parametrize("after", [0, 1])        # fail on the data, on the envelope
+def test_disk_full_gives_452_and_leaves_nothing(tmp_path, disk_full, after):
+    queue = make_queue(str(tmp_path / "queue1"))
+    disk_full["after"] = after
+    with pytest.raises(MailError) as e:
+        result_of(queue.enqueue(ENV, b"hello\n"))
+    assert e.value.smtp() == b"452 4.3.1 insufficient system storage\r\n"
+    assert_nothing_left(queue)
+    assert queue.writers == 0 and not queue.scheduler.messages
+
+
+def test_disk_full_while_spilling_is_reported_at_commit(tmp_path, disk_full):
+    queue = make_queue(str(tmp_path / "queue1"), spill_limit=10)
+    disk_full["after"] = 1
+    w = queue.writer(ENV)
+    w.write(b"a" * 20)            # first spill works
+    w.write(b"b" * 20)            # second fails; later writes are dropped quietly
+    w.write(b"c" * 20)
+    with pytest.raises(MailError) as e:
+        result_of(w.commit())
+    assert e.value.code == 452
+    assert_nothing_left(queue)
+
+
+def test_unwritable_queue_gives_451_and_leaves_nothing(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"))
+    mess = queue.store.mess
+    os.rmdir(mess)
+    with open(mess, "w"):         # a file where the directory should be: ENOTDIR
+        pass
+    with pytest.raises(MailError) as e:
+        result_of(queue.enqueue(ENV, b"hello\n"))
+    assert e.value.code == 451 and e.value.enhanced == "4.3.0"
+    assert files(queue, "tmp") == [] and files(queue, "info") == []
+
+
+def test_failed_commit_step_unwinds_the_batch(tmp_path, monkeypatch):
+    queue = make_queue(str(tmp_path / "queue1"))
+    real = fsutil.fsync_dir
+
+    def fsync_dir(path):
+        if path == queue.store.info:
+            raise OSError(errno.EIO, "I/O error")
+        real(path)
+
+    monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
+    with pytest.raises(MailError) as e:
+        result_of(queue.enqueue(ENV, b"hello\n"))
+    assert e.value.code == 451
+    assert_nothing_left(queue)
+
+
+def test_writes_wait_for_recovery(tmp_path):
+    run = ManualRunner()
+    queue = make_queue(str(tmp_path / "queue1"), run=run, start=False, spill_limit=1)
+    w = queue.writer(ENV)
+    w.write(b"early")
+    assert run.jobs == []              # nothing touches the disk before recovery
+    queue.start()
+    d = w.commit()
+    run.run_all()
+    assert result_of(d) in files(queue, "info")
+
+
+def test_received_at_is_set_by_the_queue(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"))
+    msg_id = result_of(queue.enqueue(ENV, b"x\n"))
+    assert queue.store.read_envelope(msg_id)[0].received_at == queue.clock.seconds()
+    assert ENV.received_at == 0.0                 # the caller's envelope is not changed
+
+
+def test_envelope_file_is_the_commit_marker(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"))
+    msg_id = result_of(queue.enqueue(ENV, b"x\n"))
+    with open(os.path.join(queue.store.info, msg_id), "rb") as f:
+        env, size = decode_envelope(f.read())
+    assert (env.sender, [r.address for r in env.recipients], size) == (
+        "alice@example.com", ["bob@remote.test"], 2)
