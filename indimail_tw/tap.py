@@ -34,6 +34,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         super().__init__()
         self["listeners"] = []
 
+    def opt_auth(self, description: str) -> None:
+        """Credential checker TYPE[:ARGS], repeatable, tried in order [default: indimail]"""
+        strcred.AuthOptionMixin.opt_auth(self, description)
+
+    opt_a = opt_auth
+
     def _listener(self, name: str, description: str) -> None:
         self["listeners"].append((name, description))
 
