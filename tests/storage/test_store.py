@@ -256,13 +256,20 @@ class SQLiteConcurrencyTests(unittest.TestCase):
     def test_processes_writing_at_once_never_fail(self):
         """Read-then-write transactions from several processes (CLIs beside the
         server) wait for each other instead of failing with 'database is locked'."""
-        import multiprocessing
+        import subprocess
+        import sys
 
         path = os.path.join(os.path.abspath(self.mktemp()), "db.sqlite")
         engine = SQLiteEngine(path)
         engine.run_sync(engine.prepare)
-        with multiprocessing.get_context("fork").Pool(4) as pool:
-            failures = pool.starmap(_concurrent_writer, [(path, w, 25) for w in range(4)])
+        # Separate interpreters (not fork: forking a process that runs threads
+        # can deadlock the child).
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        code = ("import sys; from tests.storage.test_store import _concurrent_writer; "
+                "print(_concurrent_writer(sys.argv[1], int(sys.argv[2]), 25))")
+        children = [subprocess.Popen([sys.executable, "-c", code, path, str(w)], cwd=root,
+                                     stdout=subprocess.PIPE, text=True) for w in range(4)]
+        failures = [int(child.communicate(timeout=300)[0].strip()) for child in children]
         self.assertEqual(failures, [0, 0, 0, 0])
         self.assertEqual(engine.run_sync(R.users.count_domain, "example.com"), 100)
         self.assertEqual(engine.run_sync(R.dircontrol.get, "example.com").cur_users, 100)
