@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Receive benchmark, side by side in one run: indimail_tw vs Postfix (virtual Maildir).
+# Same load for both: bench/smtp_load.py, SESSIONS sessions, MESSAGES messages of SIZE bytes
+# to 10 users of bench.test, fsync on in both. Prints one JSON line per run and the ratios.
+# Needs root for Postfix (apt-get install postfix); run from the repository root:
+#   bench/run_smtp_bench.sh            (defaults: 20 sessions, 5000 messages, 2048 bytes)
+set -euo pipefail
+SESSIONS=${SESSIONS:-20}; MESSAGES=${MESSAGES:-5000}; SIZE=${SIZE:-2048}; ROUNDS=${ROUNDS:-1}
+OUR_PORT=${OUR_PORT:-2525}; PF_PORT=${PF_PORT:-2526}
+ROOT=${ROOT:-/var/tmp/itwbench}; PFBASE=${PFBASE:-/var/tmp/pfbench}
+PY=${PY:-.venv/bin/python}
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+echo "machine: $(nproc) CPUs, $(uname -r), $(df -hT /var/tmp | awk 'NR==2{print $2" on "$1}')"
+
+# indimail_tw: a root with bench.test and user1..user10
+rm -rf "$ROOT"
+"$PY" - "$ROOT" <<'PYEOF'
+import sys
+from indimail_tw.admin.site import Site
+from indimail_tw.admin.ops_domain import add_domain
+from indimail_tw.admin.ops_user import add_user
+site = Site.resolve(sys.argv[1], {})
+site.paths.ensure()
+site.control.write_value("me", "bench.local")
+add_domain(site, "bench.test", "pm-secret")
+for i in range(1, 11):
+    add_user(site, f"user{i}@bench.test", "pw")
+site.close()
+PYEOF
+env -u QUEUE_COUNT ${OUR_ENV:-} .venv/bin/twistd -n --pidfile= --logfile "$ROOT/twistd.log" \
+    indimail --root "$ROOT" --smtp "tcp:$OUR_PORT:interface=127.0.0.1" &
+OUR_PID=$!
+trap 'kill $OUR_PID 2>/dev/null || true' EXIT
+
+# Postfix
+PF_PORT=$PF_PORT "$HERE/postfix_setup.sh" "$PFBASE" >/dev/null
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$OUR_PORT) 2>/dev/null && break; sleep 0.1
+done
+
+run() {  # name port maildir-glob
+    "$PY" "$HERE/smtp_load.py" --port "$2" --sessions "$SESSIONS" --messages "$MESSAGES" \
+        --size "$SIZE" --domain bench.test --users 10 --maildirs "$3"
+}
+for round in $(seq 1 "$ROUNDS"); do
+    ours=$(run indimail_tw "$OUR_PORT" "$ROOT/mail/*/bench.test/user*/Maildir")
+    pf=$(run postfix "$PF_PORT" "$PFBASE/mail/bench.test/user*")
+    echo "round $round indimail_tw: $ours"
+    echo "round $round postfix:     $pf"
+    "$PY" - "$ours" "$pf" <<'PYEOF'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for key in ("accepted_per_s", "delivered_per_s"):
+    print(f"  {key}: indimail_tw {a[key]} / postfix {b[key]} = {a[key] / b[key]:.2f}x")
+PYEOF
+done
+postfix stop >/dev/null 2>&1 || true
