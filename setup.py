@@ -35,6 +35,12 @@ setup(
             "indimail-demo=indimail_tw.admin.demo:main",
             "tcprules=indimail_tw.policy.tcprules:main",
             "vdelivermail=indimail_tw.delivery.vdelivermail:main",
+            "qmail-qread=indimail_tw.queuetools.qread:main",
+            "qmail-qstat=indimail_tw.queuetools.qstat:main",
+            "qmail-rm=indimail_tw.queuetools.rm:main",
+            "qmail-flush=indimail_tw.queuetools.flush:main",
+            "qmail-tcpto=indimail_tw.remote.tcpto:main_tcpto",
+            "qmail-tcpok=indimail_tw.remote.tcpto:main_tcpok",
         ],
     },
 )
