@@ -112,3 +112,21 @@ def test_queue_backpressure_holds_the_session(site):
     gate.callback(None)
     assert conn.codes() == [250, 250]
     assert site.queue.messages[0][1].endswith(b"first\nsecond\n")
+
+
+def test_nagle_is_switched_off(site):
+    """A reply that waited for a lookup must not wait for the ACK of the one before it."""
+    from tests.smtp.support import TLSStringTransport
+
+    calls = []
+
+    class TCPTransport(TLSStringTransport):
+        def setTcpNoDelay(self, enabled):  # noqa: N802
+            calls.append(enabled)
+
+    factory = make_factory(site)
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(TCPTransport())
+    assert calls == [True]
+    assert proto.transport.value().startswith(b"220 ")
+
