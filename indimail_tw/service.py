@@ -40,6 +40,7 @@ class ServerContext:
     reactor: Any = None
     queue: Any = None            # IQueue, once the queue service is built
     local_agent: Any = None      # IDeliveryAgent for local recipients
+    log_debug: bool = False      # make debug log events (off: they are not even created)
     extras: dict = field(default_factory=dict)
 
     def auth_policy(self) -> AuthPolicy:
@@ -49,7 +50,7 @@ class ServerContext:
 
 
 def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | None = None,
-                  reactor: Any = None) -> ServerContext:
+                  reactor: Any = None, *, log_debug: bool = False) -> ServerContext:
     """Open the store (creating missing tables, refusing a newer schema) and the portal.
 
     Blocking: called once from ``makeService`` before the reactor runs, so a
@@ -64,7 +65,7 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
     checker = ChainChecker(checkers) if checkers else StoreChecker()
     context = ServerContext(paths=paths, config=config, engine=engine, store=store,
                             portal=Portal(MaildirRealm(store), [checker]), checker=checker,
-                            environ=environ, reactor=reactor)
+                            environ=environ, reactor=reactor, log_debug=log_debug)
     _bind(context)
     config.subscribe(lambda _settings: _bind(context))
     return context

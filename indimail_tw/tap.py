@@ -29,6 +29,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["control-dir", None, None,
          "Control directory [default: $CONTROLDIR, else ROOT/control]"],
     ]
+    optFlags = [
+        ["log-debug", None,
+         "Also log debug events: each delivery's start, each message's end and the "
+         "queue's concurrency (qmail-send's 'starting delivery', 'end msg' and 'status' "
+         "lines); off by default, when they are not even created"],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,7 +84,8 @@ def makeService(options: Options):  # noqa: N802
     environ = dict(os.environ)
     paths = Paths.resolve(options["root"], environ, options["control-dir"])
     try:
-        context = build_context(paths, environ, options.get("credCheckers") or None)
+        context = build_context(paths, environ, options.get("credCheckers") or None,
+                                log_debug=bool(options["log-debug"]))
     except (StoreError, ConfigError, OSError) as e:
         raise SystemExit(f"indimail: cannot start: {e}") from None
     root = IndiMailService(context)

@@ -82,6 +82,17 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIsInstance(service.context.checker, StoreChecker)
         service.context.engine.close()
 
+    def test_log_debug_reaches_the_schedulers(self):
+        quiet = makeService(self.options())
+        self.assertFalse(quiet.context.log_debug)
+        self.assertFalse(any(q.scheduler.debug for q in quiet.context.queue.queues))
+        quiet.context.engine.close()
+        loud = makeService(self.options("--log-debug"))
+        self.assertTrue(loud.context.log_debug)
+        self.assertTrue(all(q.scheduler.debug for q in loud.context.queue.queues))
+        loud.context.engine.close()
+        self.assertIn("--log-debug", str(Options()))
+
     def test_auth_chain_is_bound(self):
         options = self.options("--auth", "indimail", "--auth", "memory:a:b")
         service = makeService(options)

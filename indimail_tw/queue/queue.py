@@ -39,7 +39,7 @@ class Queue:
                  agents: Mapping[str, Any], router: Callable[[str], str],
                  settings: Callable[[], Any], bounce_factory: Callable[..., Any] | None = None,
                  inject: Callable[[Envelope, bytes], defer.Deferred] | None = None,
-                 spill_limit: int = SPILL_LIMIT) -> None:
+                 spill_limit: int = SPILL_LIMIT, debug: bool = False) -> None:
         self.store = QueueStore(path)
         self.name = name or path.rstrip("/").rpartition("/")[2]
         self.clock = clock
@@ -51,7 +51,7 @@ class Queue:
             self.name, clock=clock, agents=agents, router=router, settings=settings,
             journal=self.journal, run=run,
             bounce_factory=bounce_factory or _default_bounce_factory,
-            inject=inject or self.enqueue)
+            inject=inject or self.enqueue, debug=debug)
         self.writers = 0           # messages being received or committed
         self._open: bool | Failure = False
         self._openers: list[defer.Deferred] = []
@@ -146,10 +146,10 @@ class Queue:
     # -- called by writers ------------------------------------------------------------------------
 
     def committed(self, prepared: Prepared) -> None:
-        """A message is durable: log it and hand it to the scheduler."""
+        """A message is durable: log it (qmail-send's ``new msg`` and ``info msg`` lines
+        as one) and hand it to the scheduler."""
         envelope = prepared.envelope
-        log.info("{queue}: new msg {id}", queue=self.name, id=prepared.id)
-        log.info("{queue}: info msg {id}: bytes {size} from <{sender}> qp {protocol} {ip}",
+        log.info("{queue}: new msg {id}: bytes {size} from <{sender}> qp {protocol} {ip}",
                  queue=self.name, id=prepared.id, size=prepared.size, sender=envelope.sender,
                  protocol=envelope.protocol, ip=envelope.remote_ip)
         states = [RecipientState(i, r, next_at=envelope.received_at)

@@ -13,6 +13,11 @@ and enqueued with ``inject``.  A message whose recipients are all ``done`` or
 
 All of this runs on the reactor thread; disk work goes through the
 ``journal`` (state lines and removals, batched by the queue) and ``run``.
+
+Logging follows qmail-send with fewer lines: one line per delivery attempt
+(``delivery N: success|failure|deferral: msg ID to CHANNEL ADDRESS: text``).
+The lines qmail-send adds around it (``starting delivery``, ``end msg``, the
+concurrency ``status``) are debug events, made only when ``debug`` is set.
 """
 
 from __future__ import annotations
@@ -80,8 +85,10 @@ class Scheduler:
                  router: Callable[[str], str], settings: Callable[[], Any],
                  journal: Journal, run: Callable[..., defer.Deferred],
                  bounce_factory: Callable[..., Any],
-                 inject: Callable[[Any, bytes], defer.Deferred] | None = None) -> None:
+                 inject: Callable[[Any, bytes], defer.Deferred] | None = None,
+                 debug: bool = False) -> None:
         self.name = name
+        self.debug = debug
         self.clock = clock
         self.agents = dict(agents)
         self.router = router
@@ -248,10 +255,11 @@ class Scheduler:
         dying = now > entry.message.birth + self.settings().queuelifetime
         number = next(self._deliveries)
         self.active[channel] += 1
-        log.info("{queue}: starting delivery {number}: msg {id} to {channel} {address}",
-                 queue=self.name, number=number, id=entry.message.id, channel=channel,
-                 address=state.address)
-        self._status()
+        if self.debug:
+            log.debug("{queue}: starting delivery {number}: msg {id} to {channel} {address}",
+                      queue=self.name, number=number, id=entry.message.id, channel=channel,
+                      address=state.address)
+            self._status()
         d = defer.maybeDeferred(agent.deliver, entry.message, state.recipient)
         d.addErrback(self._agent_failed, number)
         d.addCallback(self._finished, entry, index, channel, number, dying)
@@ -291,15 +299,17 @@ class Scheduler:
             state.next_at = next_retry(entry.message.birth, self.clock.seconds(),
                                        CHANSKIP[channel])
             kind = "deferral"
-        log.info("{queue}: delivery {number}: {kind}: {text}", queue=self.name,
-                 number=number, kind=kind, text=text.replace("\n", "/"))
+        log.info("{queue}: delivery {number}: {kind}: msg {id} to {channel} {address}: {text}",
+                 queue=self.name, number=number, kind=kind, id=entry.message.id,
+                 channel=channel, address=state.address, text=text.replace("\n", "/"))
         if not self._finishing(entry):      # else the removal makes the line moot
             self.journal.record(entry.message.id, state)
         if state.status == PENDING and not self._stopping:
             self._wait(entry, index, state.next_at)
         self._settle(entry)
         self._pump(channel)
-        self._status()
+        if self.debug:
+            self._status()
         self._check_quiet()
 
     def _status(self) -> None:
@@ -328,8 +338,9 @@ class Scheduler:
             entry.gone = True
             del self.messages[entry.message.id]
             d = self.journal.remove(entry.message.id)
-            d.addCallback(lambda _: log.info("{queue}: end msg {id}", queue=self.name,
-                                             id=entry.message.id))
+            if self.debug:
+                d.addCallback(lambda _: log.debug("{queue}: end msg {id}", queue=self.name,
+                                                  id=entry.message.id))
             d.addErrback(lambda f: log.failure("{queue}: removing msg {id}", f,
                                                queue=self.name, id=entry.message.id))
 

@@ -115,7 +115,8 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
         return context.config.current
 
     queues = [Queue(path, clock=reactor, run=run, agents=agents, router=router,
-                    settings=current, bounce_factory=bounce_factory) for path in paths]
+                    settings=current, bounce_factory=bounce_factory,
+                    debug=getattr(context, "log_debug", False)) for path in paths]
     queue_set = QueueSet(queues, strategy=strategy, rng=random.Random())
     unsubscribe = context.config.subscribe(
         lambda _settings: reactor.callFromThread(queue_set.settings_changed))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet import defer
+from twisted.logger import formatEvent
 
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.queue import Envelope
@@ -84,8 +85,8 @@ def test_after_the_lifetime_one_last_attempt_then_a_bounce(tmp_path, logs):
     assert address == "a@local.test" and result.is_permanent
     assert result.text == "mailbox busy" and result.enhanced == "4.2.1"
     assert msg_id not in q.scheduler.messages
-    assert f"delivery 5: failure: mailbox busy/{EXPIRED_NOTE}" in [
-        line.partition(": ")[2] for line in logs.lines()]
+    assert (f"delivery 5: failure: msg {msg_id} to local a@local.test: "
+            f"mailbox busy/{EXPIRED_NOTE}") in [line.partition(": ")[2] for line in logs.lines()]
 
 
 def test_an_attempt_started_late_after_the_lifetime_is_the_last(tmp_path):
@@ -229,12 +230,22 @@ def test_an_agent_error_is_a_temporary_failure(tmp_path, logs):
 def test_log_lines_follow_qmail_send(tmp_path, logs):
     q = make_queue(str(tmp_path / "q"), local=Agent(permanent))
     msg_id = result_of(q.enqueue(Envelope.simple("s@x", "a@local.test"), b"m\n"))
-    lines = [line.partition(": ")[2] for line in logs.lines()]
-    assert f"new msg {msg_id}" in lines
-    assert f"starting delivery 1: msg {msg_id} to local a@local.test" in lines
-    assert "delivery 1: failure: no mailbox a@local.test" in lines
+    lines = [line.partition(": ")[2] for line in logs.lines()][1:]   # after the recovery line
+    assert lines[:2] == [
+        f"new msg {msg_id}: bytes 2 from <s@x> qp ESMTP ",
+        f"delivery 1: failure: msg {msg_id} to local a@local.test: no mailbox a@local.test"]
     assert any(line.startswith(f"bounce msg {msg_id} qp ") for line in lines)
-    assert f"end msg {msg_id}" in lines
+    assert all(event["log_level"].name != "debug" for event in logs.events)
+
+
+def test_debug_lines_only_when_asked_for(tmp_path, logs):
+    q = make_queue(str(tmp_path / "q"), local=Agent(permanent), debug=True)
+    msg_id = result_of(q.enqueue(Envelope.simple("s@x", "a@local.test"), b"m\n"))
+    debug = [formatEvent(e).partition(": ")[2] for e in logs.events
+             if e["log_level"].name == "debug"]
+    assert debug[:2] == [f"starting delivery 1: msg {msg_id} to local a@local.test",
+                         "status: local 1/10 remote 0/20"]
+    assert f"end msg {msg_id}" in debug
 
 
 def test_stop_waits_for_deliveries_in_progress(tmp_path):
