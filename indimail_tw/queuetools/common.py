@@ -5,6 +5,7 @@ from __future__ import annotations
 import getopt
 import os
 import re
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,13 +64,14 @@ class Command:
         self.notes = notes
 
     def help_text(self) -> str:
-        lines = [f"usage: {self.prog} {self.usage}", "", self.summary.strip(), "",
+        lines = [f"usage: {self.prog} {self.usage}".rstrip(), "", self.summary.strip(), "",
                  "options:"]
-        lines += [f"  {opt.label():<22} {opt.help}" for opt in self.opts]
+        lines += [textwrap.fill(opt.help, 80, initial_indent=f"  {opt.label():<22} ",
+                                subsequent_indent=" " * 25) for opt in self.opts]
         text = "\n".join(lines) + "\n" + COMMON_HELP
         if self.notes:
             text += "\n" + self.notes.strip() + "\n"
-        return text + "\n" + EXIT_NOTE
+        return text + "\n" + textwrap.fill(EXIT_NOTE, 80) + "\n"
 
     def parse(self, argv: Sequence[str]) -> SimpleNamespace:
         short = "".join(o.letter + (":" if o.metavar else "") for o in self.opts if o.letter)

@@ -15,14 +15,14 @@ from typing import Any
 
 from indimail_tw.errors import AdminError
 from indimail_tw.queuetools import lock
-from indimail_tw.queuetools.common import FAILED, USAGE, Command, Opt, installation
+from indimail_tw.queuetools.common import FAILED, USAGE, Command, Opt, installation, warn
 
 COMMAND = Command(
     "qmail-flush", "[--pid PID | --pidfile FILE] [--force]",
     """Make the running server try every waiting delivery now, as qmail-send does on
 SIGALRM: sends SIGALRM to the server.  The process is the one given by --pid, or
-by --pidfile (the file twistd --pidfile writes), or else the process holding the
-queues' locks (Linux: /proc/locks).""",
+by --pidfile (the file twistd --pidfile writes), or else every process holding
+a queue's lock (Linux: /proc/locks).""",
     [
         Opt(None, "pid", "PID", "the server's process id", long="pid"),
         Opt(None, "pidfile", "FILE", "read the process id from FILE", long="pidfile"),
@@ -52,15 +52,19 @@ def pid_from_file(path: str) -> int:
     return parse_pid(text.split("\n", 1)[0], path)
 
 
-def pid_from_locks(args: Any) -> int:
+def pids_from_locks(args: Any) -> list[int]:
+    """Every process holding a queue's lock (several servers may each own some)."""
     site = installation(args)
     pids = {lock.holder(queue) for queue in site.queues} - {lock.NOBODY}
-    if lock.UNKNOWN in pids or len(pids) > 1:
+    if pids == {lock.UNKNOWN}:
         raise AdminError(f"cannot tell which process owns the queues in {site.base}; "
                          "use --pid or --pidfile", FAILED)
+    if lock.UNKNOWN in pids:
+        warn(COMMAND.prog, f"the owner of some queues in {site.base} is unknown; "
+             "they are not flushed")
     if not pids:
         raise AdminError(f"no running server holds the queues in {site.base}", FAILED)
-    return pids.pop()
+    return sorted(pids - {lock.UNKNOWN})
 
 
 def catches(pid: int, signum: int) -> bool | None:
@@ -95,14 +99,21 @@ def body(args: Any) -> int:
     if args.pid is not None and args.pidfile is not None:
         raise AdminError("--pid and --pidfile exclude each other", USAGE)
     if args.pid is not None:
-        pid, origin = parse_pid(args.pid, "--pid"), "--pid"
+        pids, origin = [parse_pid(args.pid, "--pid")], "--pid"
     elif args.pidfile is not None:
-        pid, origin = pid_from_file(args.pidfile), f"pid file {args.pidfile}"
+        pids, origin = [pid_from_file(args.pidfile)], f"pid file {args.pidfile}"
     else:
-        pid, origin = pid_from_locks(args), "queue lock"
-    send(pid, bool(args.force), origin)
-    print(f"sent SIGALRM to process {pid}")
-    return 0
+        pids, origin = pids_from_locks(args), "queue lock"
+    status = 0
+    for pid in pids:
+        try:
+            send(pid, bool(args.force), origin)
+        except AdminError as e:
+            warn(COMMAND.prog, str(e))
+            status = e.status
+            continue
+        print(f"sent SIGALRM to process {pid}")
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,9 +46,14 @@ Without -r, -d or -X the matching messages are only listed.""",
         Opt("y", "yank_dir", "yankdir", "where -r puts messages (default QUEUE_BASE/trash)"),
         Opt("q", "queue_base", "qbase", "the queue base (default QUEUE_BASE, control file "
             "queue_base, ROOT/queue)"),
-        Opt("v", "verbose", None, "also list recipients and files; repeat for more"),
+        Opt("v", "verbose", None, "also list each match's recipients, and the files "
+            "yanked"),
     ],
-    notes="""-r, -d and -X change the queue, so they need every queue to themselves: they
+    notes="""Each match is listed as qmail-qread lists it, then what was done to it; the
+last line counts matches and changes.  A message whose envelope cannot be read
+is reported on stderr and not searched.
+
+-r, -d and -X change the queue, so they need every queue to themselves: they
 take each queue's lock as the server does and refuse, changing nothing, while a
 running server holds any of them ("queueN is in use by a running server; stop
 it first").  Searching alone is safe while the server runs.
@@ -103,10 +108,12 @@ class Remover:
     def run(self) -> int:
         for queue in self.site.queues:
             self.search(queue)
-        word = {"yank": f"yanked to {self.yank_dir}", "delete": "deleted",
-                "backdate": f"back-dated by {self.seconds} s", None: "not changed"}
-        print(f"{self.matched} message{'s' if self.matched != 1 else ''} matched; "
-              f"{self.done if self.action else self.matched} {word[self.action]}")
+        summary = f"{self.matched} message{'s' if self.matched != 1 else ''} matched"
+        if self.action:
+            done = {"yank": f"yanked to {self.yank_dir}", "delete": "deleted",
+                    "backdate": f"back-dated by {self.seconds} s"}[self.action]
+            summary += f"; {self.done} {done}"
+        print(summary)
         return self.status
 
     def search(self, queue: QueueDir) -> None:

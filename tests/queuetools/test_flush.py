@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -70,11 +71,15 @@ def test_pidfile_as_twistd_writes_it(child, tmp_path):
     assert flushed(proc)
 
 
-def test_the_queue_lock_holder_is_found(child, root, capsys):
-    proc = child(SERVER, os.path.join(root, "queue", "queue1"))
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux /proc/locks")
+def test_every_queue_owner_is_found(child, root, capsys):
+    procs = [child(SERVER, os.path.join(root, "queue", f"queue{n}")) for n in (1, 2)]
+    os.makedirs(os.path.join(root, "queue", "queue3"))            # nobody owns it
     r = call(flush.main, capsys, "--root", root)
-    assert r.status == 0 and str(proc.pid) in r.out
-    assert flushed(proc)
+    assert r.status == 0 and r.err == ""
+    assert sorted(r.out.splitlines()) == sorted(f"sent SIGALRM to process {p.pid}"
+                                                for p in procs)
+    assert all(flushed(proc) for proc in procs)
 
 
 def test_no_server_holds_the_queues(root, capsys):
@@ -96,7 +101,7 @@ def test_a_process_without_a_handler_is_not_killed(child, capsys):
 def test_force_sends_anyway(child, capsys):
     proc = child(NO_HANDLER)
     assert call(flush.main, capsys, "--pid", str(proc.pid), "--force").status == 0
-    assert proc.wait(timeout=30) == -14                # killed by SIGALRM
+    assert proc.wait(timeout=30) == -signal.SIGALRM    # killed by it
 
 
 def gone_pid() -> int:

@@ -10,10 +10,11 @@ from indimail_tw.queue.records import encode_state
 from indimail_tw.queuetools import qread, qstat
 from indimail_tw.queuetools.common import QueueDir
 from indimail_tw.queuetools.scan import QueueReader
-from tests.queue.helpers import T0, make_queue, result_of
+from tests.queue.helpers import make_queue, result_of
 from tests.queuetools.helpers import call, enqueue, one_line, queue_in, run, snapshot
 
-DATE = "14 Nov 2023 22:13:20 GMT"          # T0
+HAVE_PROC_LOCKS = os.path.exists("/proc/locks")
+DATE = "14 Nov 2023 22:13:20 GMT"          # tests.queue.helpers.T0
 
 
 def mark(queue, msg_id, index, status, **kw):
@@ -102,8 +103,8 @@ def test_reading_while_the_server_runs_changes_nothing(root, capsys):
         assert r.status == 0
     assert msg in call(qread.main, capsys, "--root", root).out
     info = call(qread.main, capsys, "--root", root, "-i").out
-    assert f"queue1: 1 message, 0 being received, 0 in corrupt/; in use by pid {os.getpid()}" \
-        in info
+    owner = f"in use by pid {os.getpid()}" if HAVE_PROC_LOCKS else "owner unknown"
+    assert f"queue1: 1 message, 0 being received, 0 in corrupt/; {owner}" in info
     assert snapshot(root) == before
     q.close()
     assert "queue1: 1 message, 0 being received, 0 in corrupt/; not in use" in call(
@@ -238,4 +239,3 @@ def test_dates_are_the_arrival(root, capsys):
     enqueue(q, "s@x", ["a@remote.test"], b"m\n")
     q.close()
     assert "15 Nov 2023 22:14:21 GMT  queue1/#" in call(qread.main, capsys, "--root", root).out
-    assert T0 == 1_700_000_000.0
