@@ -171,14 +171,15 @@ class ClientCore:
     def receive(self, data: bytes) -> list[Event]:
         if self.phase in (Phase.CLOSED, Phase.HANDSHAKE):
             return []
-        try:
-            replies = self._reader.feed(data)
-        except PeerError as e:
-            return self._die(f"Connected to {self.host} but it does not speak SMTP "
-                             f"properly ({e}). (#4.4.2)")
+        self._reader.append(data)
         events: list[Event] = []
-        for reply in replies:
-            if self.phase is Phase.CLOSED:
+        while self.phase is not Phase.CLOSED:
+            try:
+                reply = self._reader.next_reply()
+            except PeerError as e:
+                return events + self._die(f"Connected to {self.host} but it does not speak "
+                                          f"SMTP properly ({e}). (#4.4.2)")
+            if reply is None:
                 break
             if not self._expect:
                 events += self._unexpected()

@@ -56,28 +56,40 @@ class Reply:
 
 
 class ReplyReader:
-    """Splits received bytes into replies.  Line endings: CRLF or a bare LF."""
+    """Splits received bytes into replies, pulled one at a time (:meth:`next_reply`), so
+    the caller can stop reading where the protocol changes (after ``220`` to STARTTLS).
+    Line endings: CRLF or a bare LF."""
 
     def __init__(self) -> None:
         self._buffer = b""
         self._code: int | None = None
         self._lines: list[str] = []
 
-    def feed(self, data: bytes) -> list[Reply]:
+    def append(self, data: bytes) -> None:
         self._buffer += data
-        replies: list[Reply] = []
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or None; :class:`PeerError` if the input is bad."""
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_LINE:
                     raise PeerError("reply line too long")
-                return replies
+                return None
             line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
             if len(line) > MAX_LINE:
                 raise PeerError("reply line too long")
             reply = self._line(line.rstrip(b"\r"))
             if reply is not None:
-                replies.append(reply)
+                return reply
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """Every complete reply in what has been received so far."""
+        self.append(data)
+        replies = []
+        while (reply := self.next_reply()) is not None:
+            replies.append(reply)
+        return replies
 
     def _line(self, line: bytes) -> Reply | None:
         m = _LINE.match(line)

@@ -98,7 +98,8 @@ class OpportunisticTLS:
     def __init__(self, hostname: str, client: ssl.PrivateCertificate | None = None) -> None:
         kw: dict[str, Any] = {}
         if client is not None:
-            kw = {"privateKey": client.privateKey.original, "certificate": client.original}
+            kw = {"privateKey": client.privateKey.original.to_cryptography_key(),
+                  "certificate": client.original.to_cryptography()}
         self._context = ssl.CertificateOptions(verify=False, **kw).getContext()
         self._sni = _sni(hostname)
 

@@ -549,3 +549,11 @@ def test_replies_split_byte_by_byte():
     for byte in b"250 ok\r\n250-a\r\n250 b\r\n354 go\r\n":
         peer.says(bytes([byte]))
     assert isinstance(peer.events[-1], SendBody)
+
+
+def test_bytes_after_the_starttls_220_in_the_same_segment_are_dropped_unparsed():
+    peer = Peer(ClientCore("mx.example", "me.example", tls=TLSMode.OPPORTUNISTIC))
+    peer.says(b"220 hi\r\n")
+    peer.says(EHLO_FULL)
+    peer.says(b"220 go ahead\r\n\x16\x03\x01 not a reply at all\r\n")
+    assert isinstance(peer.events[-1], StartTLS) and not peer.of(SessionFailed)
