@@ -40,6 +40,7 @@ class ServerContext:
     reactor: Any = None
     queue: Any = None            # IQueue, once the queue service is built
     local_agent: Any = None      # IDeliveryAgent for local recipients
+    remote_agent: Any = None     # IDeliveryAgent for remote recipients
     log_debug: bool = False      # make debug log events (off: they are not even created)
     extras: dict = field(default_factory=dict)
 
@@ -88,13 +89,17 @@ def channel_router(context: ServerContext):
 
 
 def attach_queue(context: ServerContext, parent: service.MultiService) -> None:
-    """Build the queues with the local delivery agent and run them under ``parent``."""
+    """Build the queues with the local and remote delivery agents and run them
+    under ``parent``."""
     from indimail_tw.delivery.local import build_local_agent
     from indimail_tw.queue.service import build_queue
+    from indimail_tw.remote.agent import build_remote_agent
 
     context.local_agent = build_local_agent(context)
+    context.remote_agent = build_remote_agent(context)
     queue_set, queue_service = build_queue(
-        context, {"local": context.local_agent, "remote": None}, channel_router(context))
+        context, {"local": context.local_agent, "remote": context.remote_agent},
+        channel_router(context))
     context.queue = queue_set
     queue_service.setServiceParent(parent)
 
@@ -105,14 +110,15 @@ def _bind(context: ServerContext) -> None:
 
 
 class IndiMailService(service.MultiService):
-    """The root of the tree: owns the store, reloads configuration on SIGHUP."""
+    """The root of the tree: owns the store; SIGHUP reloads the configuration,
+    SIGALRM retries every queued recipient now (qmail-send's ALRM, ``qmail-flush``)."""
 
     name = "indimail"
 
     def __init__(self, context: ServerContext) -> None:
         super().__init__()
         self.context = context
-        self._previous_hup = None
+        self._previous = {}
         attach_queue(context, self)
 
     def reload(self) -> bool:
@@ -121,23 +127,36 @@ class IndiMailService(service.MultiService):
                  "keeping the previous settings")
         return ok
 
+    def flush(self) -> int:
+        count = self.context.queue.flush() if self.context.queue is not None else 0
+        log.info("ALRM: {count} recipients due now", count=count)
+        return count
+
+    def _reactor(self):
+        if self.context.reactor is not None:
+            return self.context.reactor
+        from twisted.internet import reactor
+        return reactor
+
     def _on_hup(self, signum, frame) -> None:
-        reactor = self.context.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        reactor.callFromThread(self.reload)
+        self._reactor().callFromThread(self.reload)
+
+    def _on_alrm(self, signum, frame) -> None:
+        self._reactor().callFromThread(self.flush)
 
     def startService(self) -> None:  # noqa: N802
-        if hasattr(signal, "SIGHUP") and os.environ.get("INDIMAIL_NO_SIGHUP") is None:
-            self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
+        if os.environ.get("INDIMAIL_NO_SIGHUP") is None:
+            for signum, handler in ((signal.SIGHUP, self._on_hup),
+                                    (signal.SIGALRM, self._on_alrm)):
+                self._previous[signum] = signal.signal(signum, handler)
         super().startService()
         log.info("indimail_tw started: root {root}, {engine} user store",
                  root=self.context.paths.root, engine=self.context.engine.name)
 
     def stopService(self):  # noqa: N802
-        if self._previous_hup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hup)
-            self._previous_hup = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
         d = super().stopService()
         self.context.engine.close()
         return d

@@ -141,6 +141,22 @@ class MakeServiceTests(unittest.TestCase):
             yield service.stopService()
 
 
+    @defer.inlineCallbacks
+    def test_sigalrm_flushes_the_queues(self):
+        service = makeService(self.options())
+        flushed = defer.Deferred()
+        self.patch(service.context.queue, "flush",
+                   lambda domain=None: flushed.callback(domain) or 0)
+        previous = signal.getsignal(signal.SIGALRM)
+        service.startService()
+        try:
+            os.kill(os.getpid(), signal.SIGALRM)
+            self.assertIsNone((yield flushed))
+        finally:
+            yield service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGALRM), previous)
+
+
 class TwistdTests(unittest.TestCase):
     """The real command line."""
 
