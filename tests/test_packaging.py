@@ -14,7 +14,8 @@ from twisted.trial import unittest
 EXPECTED_SCRIPTS = (
     "vadddomain", "vdeldomain", "vaddaliasdomain", "vmoddomain", "vdominfo", "vadduser",
     "vdeluser", "vpasswd", "vmoduser", "vsetuserquota", "vuserinfo", "valias", "vatrn",
-    "vipmap", "vchkpass", "indimail-demo", "tcprules", "vdelivermail",
+    "vipmap", "vchkpass", "indimail-demo", "tcprules", "vdelivermail", "qmail-qread",
+    "qmail-qstat", "qmail-rm", "qmail-flush", "qmail-tcpto", "qmail-tcpok",
 )
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
