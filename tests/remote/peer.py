@@ -37,7 +37,11 @@ class PeerProtocol(LineReceiver):
         self.mail: bytes | None = None
         self.rcpts: list[bytes] = []
         self.tls = False
-        if self.factory.greeting is None:
+        if self.factory.drop_when is not None:          # say nothing, drop on a signal
+            self.factory.drop_when.addCallback(lambda _: self.transport.loseConnection())
+        elif self.factory.greet_when is not None:       # greet on a signal
+            self.factory.greet_when.addCallback(lambda _: self.sendLine(self.factory.greeting))
+        elif self.factory.greeting is None:
             self.transport.loseConnection()
         else:
             self.sendLine(self.factory.greeting)
@@ -122,6 +126,8 @@ class PeerFactory(protocol.Factory):
         self.hung: defer.Deferred = defer.Deferred()
         self.tls_options = None
         self.break_tls = False
+        self.drop_when: defer.Deferred | None = None
+        self.greet_when: defer.Deferred | None = None
 
     def use_tls(self, pem: str) -> None:
         self.tls_options = load_certificate(pem)

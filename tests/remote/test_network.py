@@ -88,6 +88,46 @@ class NetworkTests(unittest.TestCase):
         self.assertIn("mx2.remote.example but greeting failed", result.text)
 
     @defer.inlineCallbacks
+    def test_a_host_in_the_tcpto_table_is_skipped_until_qmail_tcpok(self):
+        import time
+
+        from indimail_tw.remote import tcpto
+
+        first, backup = PeerFactory(), PeerFactory()
+        agent = self.two_mx(first, backup)
+        tcpto.update_file(agent.tcpto.path, {"127.0.0.2": tcpto.Entry(2, time.time())})
+        (result,) = yield self.h.deliver(agent, self.h.message("bob@remote.example"))
+        self.assertTrue(result.is_ok)
+        self.assertEqual((len(first.connections), len(backup.connections)), (0, 1))
+        self.assertEqual(tcpto.main_tcpok(["--queue-base", self.h.queue]), 0)
+        for proto in agent.cache.close_all():
+            yield proto.closed
+        (result,) = yield self.h.deliver(agent, self.h.message("bob@remote.example"))
+        self.assertTrue(result.is_ok)
+        self.assertEqual(len(first.connections), 1)
+
+    @defer.inlineCallbacks
+    def test_deliveries_waiting_for_a_host_that_fails_skip_it(self):
+        self.h.write_control("concurrencyperhost", "1\n")
+        dead, backup = PeerFactory(), PeerFactory()
+        dead.drop_when = defer.Deferred()              # silent until the second one waits
+        agent = self.two_mx(dead, backup)
+        acquire = agent.slots.acquire
+
+        def watching(ip):
+            slot = acquire(ip)
+            if ip == "127.0.0.2" and slot is not None and not slot.called:
+                reactor.callLater(0, dead.drop_when.callback, None)
+            return slot
+
+        agent.slots.acquire = watching
+        results = yield defer.gatherResults([
+            self.h.deliver(agent, self.h.message(f"u{n}@remote.example")) for n in range(2)])
+        self.assertTrue(all(r[0].is_ok for r in results))
+        self.assertEqual(len(dead.connections), 1)     # the waiting delivery did not retry it
+        self.assertEqual(len(backup.messages), 2)
+
+    @defer.inlineCallbacks
     def test_5xx_greeting_is_permanent_without_trying_further(self):
         hostile, backup = PeerFactory(), PeerFactory()
         hostile.greeting = b"554 5.7.1 no mail from you"
@@ -146,7 +186,17 @@ class NetworkTests(unittest.TestCase):
     def test_concurrent_messages_respect_the_per_host_limit(self):
         self.h.write_control("concurrencyperhost", "1\n")
         peer = PeerFactory()
+        peer.greet_when = defer.Deferred()             # busy until the third is turned away
         agent = self.two_mx(peer, PeerFactory())
+        acquire = agent.slots.acquire
+
+        def watching(ip):
+            slot = acquire(ip)
+            if slot is None:
+                reactor.callLater(0, peer.greet_when.callback, None)
+            return slot
+
+        agent.slots.acquire = watching
         results = yield defer.gatherResults([
             self.h.deliver(agent, self.h.message(f"u{n}@remote.example")) for n in range(3)])
         outcomes = sorted((r[0].status, r[0].enhanced) for r in results)
@@ -185,6 +235,29 @@ class NetworkTests(unittest.TestCase):
         self.assertEqual(len(agent.cache), 0)
         (result,) = yield self.h.deliver(agent, self.h.message("b@remote.example"))
         self.assertTrue(result.is_ok)
+
+    @defer.inlineCallbacks
+    def test_outgoingip_and_helohost(self):
+        self.h.write_control("outgoingip", "127.0.0.9\n")
+        self.h.write_control("helohost", "helo.me.example\n")
+        self.h.reload()
+        peer = PeerFactory()
+        agent = self.two_mx(peer, PeerFactory())
+        (result,) = yield self.h.deliver(agent, self.h.message("bob@remote.example"))
+        self.assertTrue(result.is_ok, result)
+        (conn,) = peer.connections
+        self.assertEqual(conn.transport.getPeer().host, "127.0.0.9")
+        self.assertEqual(conn.commands[0], b"EHLO helo.me.example")
+
+    @defer.inlineCallbacks
+    def test_outgoingip_per_domain_wins(self):
+        self.h.write_control("outgoingip", "127.0.0.9\n")
+        self.h.write_control("outgoingip.remote.example", "127.0.0.10\n")
+        self.h.reload()
+        peer = PeerFactory()
+        agent = self.two_mx(peer, PeerFactory())
+        yield self.h.deliver(agent, self.h.message("bob@remote.example"))
+        self.assertEqual(peer.connections[0].transport.getPeer().host, "127.0.0.10")
 
     @defer.inlineCallbacks
     def test_we_are_the_best_mx(self):

@@ -1,0 +1,86 @@
+"""The agent behind the real durable queue, and build_remote_agent on a server context."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from indimail_tw.queue import Envelope, Queue, SyncRunner
+from indimail_tw.remote import build_remote_agent
+from tests.remote.peer import Harness, PeerFactory
+
+
+def queue_settings():
+    return SimpleNamespace(queuelifetime=604800, concurrencylocal=10, concurrencyremote=20,
+                           holdlocal=False, holdremote=False)
+
+
+class Watched:
+    """Passes deliveries on and remembers their results."""
+
+    def __init__(self, agent, expected: int) -> None:
+        self.agent = agent
+        self.results: list = []
+        self.expected = expected
+        self.all_done: defer.Deferred = defer.Deferred()
+
+    def deliver(self, message, recipient):
+        def record(result):
+            self.results.append((recipient.address, result))
+            if len(self.results) == self.expected:
+                self.all_done.callback(None)
+            return result
+
+        return self.agent.deliver(message, recipient).addCallback(record)
+
+
+class QueueIntegrationTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.h = Harness()
+        self.addCleanup(self.h.close)
+
+    @defer.inlineCallbacks
+    def test_queued_message_leaves_by_smtp_and_is_removed(self):
+        peer = PeerFactory()
+        port = self.h.listen(peer)
+        self.h.write_control("smtproutes", f"routed.example:[127.0.0.1]:{port}\n")
+        self.h.reload()
+        agent = Watched(self.h.agent(resolver=object()), expected=2)
+        queue = Queue(os.path.join(self.h.queue, "queue1"), clock=reactor, run=SyncRunner(),
+                      agents={"local": None, "remote": agent},
+                      router=lambda address: "local" if address.endswith("@me.example")
+                      else "remote", settings=queue_settings)
+        yield queue.start()
+        envelope = Envelope.simple("alice@me.example", "bob@routed.example",
+                                   "carol@routed.example")
+        queue_id = yield queue.enqueue(envelope, b"Subject: queued\n\nfrom the queue\n")
+        yield agent.all_done
+        self.assertTrue(all(result.is_ok for _, result in agent.results))
+        (msg,) = peer.messages
+        self.assertEqual(len(msg.rcpts), 2)                  # one transaction for both
+        self.assertTrue(msg.body.endswith(b"Subject: queued\r\n\r\nfrom the queue\r\n"))
+        yield queue.stop()
+        self.assertNotIn(queue_id, queue.scheduler.messages)
+
+
+class BuildTests(unittest.TestCase):
+    def test_build_remote_agent_from_a_context(self):
+        h = Harness()
+        self.addCleanup(h.close)
+        context = SimpleNamespace(
+            paths=SimpleNamespace(certs=h.certs, queue=h.queue, control=h.control),
+            config=h.config, reactor=reactor, environ={"MIN_PENALTY": "60"})
+        agent = build_remote_agent(context, resolver=object())
+        self.addCleanup(agent.stop)
+        self.assertEqual(agent.tcpto.path, os.path.join(h.queue, "tcpto"))
+        self.assertEqual(agent.port, 25)
+        h.write_control("queue_base", os.path.join(h.root, "q2") + "\n")
+        h.reload()
+        other = build_remote_agent(context, resolver=object())
+        self.addCleanup(other.stop)
+        self.assertEqual(other.tcpto.path, os.path.join(h.root, "q2", "tcpto"))
