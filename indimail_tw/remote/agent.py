@@ -185,10 +185,12 @@ class RemoteDeliveryAgent:
                          [r.address for r in recipients], sender, self._ipme is None),
                 self.tcpto.refresh()], consumeErrors=True)
         except defer.FirstError as e:
-            log.error("cannot prepare {id}: {error}", id=message.id,
-                      error=e.subFailure.getErrorMessage())
-            return [DeliveryResult.temporary("Unable to read message. (#4.3.0)", "4.3.0")
-                    ] * len(recipients)
+            error = e.subFailure.value
+            log.error("cannot prepare {id}: {error}", id=message.id, error=error)
+            unreadable = isinstance(error, OSError) and error.filename == message.path
+            text = ("Unable to read message. (#4.3.0)" if unreadable else
+                    "Unable to read the configuration for remote delivery. (#4.3.0)")
+            return [DeliveryResult.temporary(text, "4.3.0")] * len(recipients)
         self._take(prep)
         groups: dict[tuple, tuple[NextHop, list[int]]] = {}
         for i in range(len(recipients)):
