@@ -158,5 +158,8 @@ class IndiMailService(service.MultiService):
             signal.signal(signum, handler)
         self._previous.clear()
         d = super().stopService()
+        if self.context.remote_agent is not None:
+            # after the queues stopped delivering: QUIT idle remote connections
+            d.addBoth(lambda result: self.context.remote_agent.stop().addBoth(lambda _: result))
         self.context.engine.close()
         return d
