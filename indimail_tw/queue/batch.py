@@ -44,19 +44,23 @@ class SyncRunner:
 
 
 class Batcher(Generic[T]):
-    """Processes submitted items in batches, one batch at a time.
+    """Processes submitted items in batches, up to ``parallel`` batches at a time.
 
     ``process(items)`` runs through ``run`` and returns one result per item; a
     result that is an exception fails that item's Deferred.  If ``process``
-    raises, every item of the batch fails.
+    raises, every item of the batch fails.  With ``parallel`` 1 (the default)
+    batches run one after the other, in the order of submission.
     """
 
     def __init__(self, run: Runner,
-                 process: Callable[[Sequence[T]], Sequence[Any]]) -> None:
+                 process: Callable[[Sequence[T]], Sequence[Any]], parallel: int = 1) -> None:
+        if parallel < 1:
+            raise ValueError("a Batcher needs parallel >= 1")
         self._run = run
         self._process = process
+        self.parallel = parallel
         self._waiting: list[tuple[T, defer.Deferred]] = []
-        self._busy = False
+        self._running = 0
         self._idle: list[defer.Deferred] = []
         self.batches = 0          # how many batches ran (for tests and stats)
 
@@ -72,28 +76,29 @@ class Batcher(Generic[T]):
 
     def idle(self) -> defer.Deferred:
         """Fires once nothing is waiting or being processed."""
-        if not self._busy and not self._waiting:
+        if not self._running and not self._waiting:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
         return d
 
     def _next(self) -> None:
-        if self._busy:
+        if self._running >= self.parallel:
             return
         if not self._waiting:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            if not self._running:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
             return
         batch, self._waiting = self._waiting, []
-        self._busy = True
+        self._running += 1
         self.batches += 1
         d = self._run(self._process, [item for item, _ in batch])
         d.addBoth(self._done, batch)
 
     def _done(self, results: Any, batch: list[tuple[T, defer.Deferred]]) -> None:
-        self._busy = False
+        self._running -= 1
         if isinstance(results, Failure):
             outcomes: Sequence[Any] = [results] * len(batch)
         else:

@@ -18,7 +18,7 @@ from indimail_tw.queue.envelope import Envelope
 from indimail_tw.queue.message import QueuedMessage
 from indimail_tw.queue.scheduler import Scheduler
 from indimail_tw.queue.states import RecipientState
-from indimail_tw.queue.store import Prepared, QueueStore, Recovered
+from indimail_tw.queue.store import Pending, Prepared, QueueStore, Recovered
 from indimail_tw.queue.writer import SPILL_LIMIT, MessageWriter
 
 log = Logger(namespace="indimail_tw.queue")
@@ -33,19 +33,25 @@ def _default_bounce_factory(message: Any, failures: Any, settings: Any,
 
 @implementer(IQueue)
 class Queue:
-    """One queue directory (e.g. ``queue/queue1``) with its own scheduler."""
+    """One queue directory (e.g. ``queue/queue1``) with its own scheduler.
+
+    ``commit_jobs`` commit batches may run at once (each writes and fsyncs its
+    messages one after the other, then shares the directory fsyncs).
+    """
 
     def __init__(self, path: str, *, name: str | None = None, clock: Any, run: Runner,
                  agents: Mapping[str, Any], router: Callable[[str], str],
                  settings: Callable[[], Any], bounce_factory: Callable[..., Any] | None = None,
                  inject: Callable[[Envelope, bytes], defer.Deferred] | None = None,
-                 spill_limit: int = SPILL_LIMIT, debug: bool = False) -> None:
+                 spill_limit: int = SPILL_LIMIT, debug: bool = False,
+                 commit_jobs: int = 1) -> None:
         self.store = QueueStore(path)
         self.name = name or path.rstrip("/").rpartition("/")[2]
         self.clock = clock
         self.run = run
         self.spill_limit = spill_limit
-        self.committer: Batcher[Prepared] = Batcher(run, self.store.commit)
+        self.committer: Batcher[Prepared | Pending] = Batcher(run, self.store.commit,
+                                                              parallel=commit_jobs)
         self.journal = _Journal(Batcher(run, self.store.apply), self.name)
         self.scheduler = Scheduler(
             self.name, clock=clock, agents=agents, router=router, settings=settings,

@@ -9,9 +9,10 @@ Layout of a queue (``queue/queueN``)::
     state/ID     per-recipient state log (append-only)
     corrupt/     damaged committed files, moved aside by recovery (never deleted)
 
-Commit of a batch: each message's data and envelope are written and fsynced (in
-parallel, two jobs per message), then one job for the whole batch fsyncs
-``mess/``, renames every ``tmp/NAME`` to ``info/ID`` and fsyncs ``info/``.
+Commit of a batch (one job, :meth:`QueueStore.commit`): each message's data and
+envelope are written and fsynced, then ``mess/`` is fsynced once, every
+``tmp/NAME`` renamed to ``info/ID`` and ``info/`` fsynced once.  A message whose
+data came from a file object is prepared by a job of its own first.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ class Prepared:
     envelope: Envelope
     size: int
     tmp: str                # the envelope's name in tmp/
+
+
+@dataclass
+class Pending:
+    """A message received in memory (maybe partly spilled): the commit job writes the
+    rest of its data and its envelope, then commits it."""
+
+    data: DataFile
+    chunk: bytes            # the bytes not yet written to the data file
+    envelope: Envelope
+    size: int
+    tmp: str                # the name its envelope gets in tmp/
 
 
 @dataclass
@@ -196,20 +209,27 @@ class QueueStore:
             data.id = msg_id
             return
 
-    def commit(self, batch: Sequence[Prepared]) -> list[Prepared | BaseException]:
-        """The commit step of a batch: fsync mess/, rename tmp/ -> info/, fsync info/.
+    def commit(self, batch: Sequence[Prepared | Pending]) -> list[Prepared | BaseException]:
+        """Commit a batch: prepare the Pending ones (data and envelope written and
+        fsynced), then fsync mess/, rename tmp/ -> info/, fsync info/.
 
-        Returns one entry per message: the Prepared when committed, else the error
+        Returns one entry per message: its Prepared when committed, else the error
         (its files are removed again).
         """
-        results: list[Prepared | BaseException] = list(batch)
+        results: list[Prepared | BaseException] = [
+            self._prepare_pending(p) if isinstance(p, Pending) else p for p in batch]
+        ready = [p for p in results if isinstance(p, Prepared)]
+        if not ready:
+            return results
         try:
             fsutil.fsync_dir(self.mess)      # data entries durable before any marker
         except OSError as e:
-            for p in batch:
+            for p in ready:
                 self._forget(p)
-            return [e] * len(batch)
-        for i, p in enumerate(batch):
+            return [e if isinstance(p, Prepared) else p for p in results]
+        for i, p in enumerate(results):
+            if not isinstance(p, Prepared):
+                continue
             try:
                 fsutil.rename(os.path.join(self.tmp, p.tmp), os.path.join(self.info, p.id))
             except OSError as e:
@@ -218,13 +238,27 @@ class QueueStore:
         try:
             fsutil.fsync_dir(self.info)
         except OSError as e:
-            for i, p in enumerate(batch):
-                if results[i] is p:
+            for i, p in enumerate(results):
+                if isinstance(p, Prepared):
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self.info, p.id))
                     self._forget(p)
                     results[i] = e
         return results
+
+    def _prepare_pending(self, p: Pending) -> Prepared | BaseException:
+        """Write and fsync a Pending message's data and envelope; its error, if any
+        (then its files are gone)."""
+        try:
+            self.finish(p.data, p.chunk)
+        except Exception as e:  # noqa: BLE001 -- one message's error, not the batch's
+            return e
+        try:
+            self.write_envelope(p.tmp, p.envelope, p.size)
+        except Exception as e:  # noqa: BLE001
+            self.discard(p.data, p.tmp)
+            return e
+        return Prepared(p.data.id, p.envelope, p.size, p.tmp)
 
     def _forget(self, p: Prepared) -> None:
         """Remove an uncommitted message's files; errors here must not hide the cause."""

@@ -2,9 +2,11 @@
 
 ``write`` keeps up to ``spill_limit`` bytes in memory; beyond that the buffered
 bytes go to the message's data file in the background, in order (one disk
-operation at a time per message).  ``commit`` writes the rest, fsyncs the data,
-writes and fsyncs the envelope, then hands the message to the queue's group
-committer; its Deferred fires with the queue id once the batch is committed.
+operation at a time per message).  ``commit`` hands the message to the queue's
+group committer, whose job writes the rest, fsyncs the data, writes and fsyncs
+the envelope and commits the batch; its Deferred fires with the queue id once
+the batch is committed.  One job for everything a batch needs keeps the work
+per message on the reactor (and hand-offs to threads) small.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from zope.interface import implementer
 from indimail_tw.errors import MailError, temporary_failure
 from indimail_tw.interfaces import IMessageWriter
 from indimail_tw.queue.envelope import Envelope
-from indimail_tw.queue.store import DataFile, Prepared, new_tmp_name
+from indimail_tw.queue.store import DataFile, Pending, new_tmp_name
 
 if TYPE_CHECKING:
     from indimail_tw.queue.queue import Queue
@@ -152,11 +154,10 @@ class MessageWriter:
             self._spill()
 
     def _prepare(self) -> None:
-        """Make data and envelope durable, then join the next commit batch.
+        """Join the next commit batch, whose job makes data and envelope durable.
 
-        The two files are written and fsynced by two jobs at once, so their fsyncs
-        share the file system's journal commit.  With a ``source`` the size is
-        known only after copying it, so the envelope has to wait.
+        With a ``source`` the size is known only after copying it, so that message
+        is prepared by a job of its own first.
         """
         self._busy = True
         envelope = self.envelope
@@ -164,25 +165,15 @@ class MessageWriter:
             envelope = dataclasses.replace(envelope, received_at=self.queue.clock.seconds())
         envelope = dataclasses.replace(envelope, recipients=list(envelope.recipients),
                                        extra=dict(envelope.extra))
-        store, run, name = self.queue.store, self.queue.run, new_tmp_name()
+        store, name = self.queue.store, new_tmp_name()
         if self._source is not None:
-            d = run(store.prepare, self._data, self._take(), envelope, name, self._source)
+            d = self.queue.run(store.prepare, self._data, self._take(), envelope, name,
+                               self._source)
+            d.addCallback(self.queue.committer.submit)
         else:
-            d = defer.DeferredList([run(store.finish, self._data, self._take()),
-                                    run(store.write_envelope, name, envelope, self.size)],
-                                   consumeErrors=True)
-            d.addCallback(self._prepared, envelope, name)
-        d.addCallback(self.queue.committer.submit)
+            d = self.queue.committer.submit(
+                Pending(self._data, self._take(), envelope, self.size, name))
         d.addCallbacks(self._committed, self._broken)
-
-    def _prepared(self, results: list[tuple[bool, Any]], envelope: Envelope,
-                  name: str) -> Any:
-        failures = [value for ok, value in results if not ok]
-        if not failures:
-            return Prepared(self._data.id, envelope, self.size, name)
-        d = self.queue.run(self.queue.store.discard, self._data, name)
-        d.addBoth(lambda _: failures[0])
-        return d
 
     def _committed(self, prepared: Any) -> None:
         self.size = prepared.size

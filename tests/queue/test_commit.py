@@ -55,10 +55,9 @@ def test_enqueue_fires_only_after_data_envelope_commit_and_directory_are_durable
     (msg_id,) = fired
     s = queue.store
     (env_name,) = [os.path.basename(e[1]) for e in trace if e[0] == "rename"]
-    # data and envelope are fsynced by two jobs at once, so in either order
-    assert sorted(trace[:2]) == [("fsync", os.path.join(s.mess, msg_id)),
-                                 ("fsync", os.path.join(s.tmp, env_name))]
-    assert trace[2:] == [
+    assert trace == [
+        ("fsync", os.path.join(s.mess, msg_id)),                # data
+        ("fsync", os.path.join(s.tmp, env_name)),               # envelope
         ("fsync_dir", s.mess),                                   # data's entry
         ("rename", os.path.join(s.tmp, env_name), os.path.join(s.info, msg_id)),  # commit
         ("fsync_dir", s.info),                                   # commit durable
@@ -94,10 +93,9 @@ def test_every_commit_in_a_batch_waits_for_the_batch(tmp_path):
     done: list[str] = []
     for i in range(3):
         queue.enqueue(ENV, b"m%d\n" % i).addCallback(done.append)
-    assert run.run_pending() == 6          # data and envelope of each message
-    assert done == [] and len(run.jobs) == 1
+    assert done == [] and len(run.jobs) == 1   # one job: the first message's batch
     run.step()                             # batch 1: the first message
-    assert len(done) == 1
+    assert len(done) == 1 and len(run.jobs) == 1
     run.step()                             # batch 2: the other two together
     assert len(done) == 3 and queue.committer.batches == 2
 
@@ -188,6 +186,31 @@ def test_disk_full_gives_452_and_leaves_nothing(tmp_path, disk_full, after):
     assert e.value.smtp() == b"452 4.3.1 insufficient system storage\r\n"
     assert_nothing_left(queue)
     assert queue.writers == 0 and not queue.scheduler.messages
+
+
+def test_a_message_failing_in_a_batch_fails_alone(tmp_path, monkeypatch):
+    run = ManualRunner()
+    queue = make_queue(str(tmp_path / "queue1"), run=run)
+    results = []
+    for i in range(4):
+        queue.enqueue(ENV, b"m%d\n" % i).addBoth(results.append)
+    run.step()                          # the first message's batch; three wait
+    real_write, calls = os.write, []
+
+    def write(fd, data):                # the next batch: the 2nd message's envelope fails
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    run.step()
+    assert len(results) == 4 and queue.committer.batches == 2
+    failed = [r for r in results if not isinstance(r, str)]
+    assert len(failed) == 1 and failed[0].value.code == 452
+    ids = [r for r in results if isinstance(r, str)]
+    assert files(queue, "info") == files(queue, "mess") == sorted(ids)
+    assert files(queue, "tmp") == [] and queue.writers == 0
 
 
 def test_disk_full_while_spilling_is_reported_at_commit(tmp_path, disk_full):
