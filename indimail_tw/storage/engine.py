@@ -4,8 +4,10 @@ An engine owns the connection details and the SQL dialect; repositories write
 their statements once, with ``?`` placeholders, as plain synchronous
 functions of a :class:`Txn`.  The server runs them in the adbapi thread pool
 (:meth:`Engine.runInteraction`, a Deferred); CLIs and ``vchkpass`` run them
-inline (:meth:`Engine.run_sync`).  Repository code never asks which engine it
-runs on.
+inline (:meth:`Engine.run_sync`).  Server code that already runs in a worker
+thread (local delivery, the recipient check) reads through
+:meth:`Engine.run_read` on that thread's own connection, without a second hop
+to the pool.  Repository code never asks which engine it runs on.
 
 Driver exceptions are translated at this boundary: an unreachable or failing
 database becomes :class:`StoreUnavailable` (a temporary failure, never a
@@ -18,6 +20,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -100,6 +103,10 @@ class Engine:
         self.tables = tables or TableNames()
         self._pool: adbapi.ConnectionPool | None = None
         self._column_cache: dict[str, set[str]] = {}
+        self._local = threading.local()          # each worker thread's read connection
+        self._readers: set[Any] = set()          # all of them, closed by close()
+        self._readers_lock = threading.Lock()
+        self._generation = 0                     # close() makes held connections stale
 
     # -- dialect -----------------------------------------------------------
     def dialect_sql(self, sql: str) -> str:
@@ -107,6 +114,9 @@ class Engine:
 
     def begin(self, cursor: Any) -> None:
         """Start a transaction on ``cursor`` (the driver's implicit BEGIN by default)."""
+
+    def begin_read(self, cursor: Any) -> None:
+        """Start a transaction that only reads (the driver's implicit BEGIN by default)."""
 
     def columns(self, txn: Txn, table: str) -> set[str]:
         raise NotImplementedError
@@ -142,6 +152,58 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def run_read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run ``fn(txn, *args)``, which only reads, in one transaction on the calling
+        thread's own connection, blocking.
+
+        For server code that already runs in a worker thread.  The connection stays
+        open for the thread's next call; one that fails is closed, and when it had
+        been open before (a server may drop idle connections) the read is tried
+        once more on a new one.  :meth:`close` closes them all.  Writes go through
+        :meth:`runInteraction`.
+        """
+        conn = self._reader()
+        reused = conn is not None
+        if conn is None:
+            conn = self._new_reader()
+        try:
+            return self._read(conn, fn, args, kw)
+        except StoreUnavailable:
+            if not reused:
+                raise
+        return self._read(self._new_reader(), fn, args, kw)
+
+    def _reader(self) -> Any:
+        held = getattr(self._local, "reader", None)
+        if held is None or held[0] != self._generation:
+            return None
+        return held[1]
+
+    def _new_reader(self) -> Any:
+        try:
+            conn = self._connect()
+        except Exception as e:  # noqa: BLE001 - any driver error means "unreachable"
+            raise self.translate(e) from e
+        with self._readers_lock:
+            self._readers.add(conn)
+            self._local.reader = (self._generation, conn)
+        return conn
+
+    def _read(self, conn: Any, fn: Callable[..., T], args: tuple, kw: dict) -> T:
+        try:
+            cursor = conn.cursor()
+            self.begin_read(cursor)
+            result = fn(Txn(cursor, self), *args, **kw)
+            conn.commit()           # ends the transaction: the next call sees new rows
+            return result
+        except BaseException as e:
+            self._local.reader = None
+            with self._readers_lock:
+                self._readers.discard(conn)
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise self.translate(e) from e
 
     def runInteraction(self, fn: Callable[..., T], *args: Any, **kw: Any) -> Deferred:
         """Run ``fn(txn, *args)`` in one transaction in the thread pool."""
@@ -180,6 +242,12 @@ class Engine:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, set()
+            self._generation += 1
+        for conn in readers:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # -- schema ---------------------------------------------------------------
     def schema_statements(self) -> list[str]:
@@ -266,6 +334,11 @@ class SQLiteEngine(Engine):
         # server) committed meanwhile, and fails at once instead of waiting.
         # BEGIN IMMEDIATE waits (busy_timeout) and then holds the lock.
         cursor.execute("BEGIN IMMEDIATE")
+
+    def begin_read(self, cursor: Any) -> None:
+        # A read needs no write lock: in WAL mode it sees one snapshot and never
+        # waits for writers, nor makes them wait.
+        cursor.execute("BEGIN")
 
     def _make_pool(self) -> adbapi.ConnectionPool:
         if not self.create and not os.path.exists(self.path):

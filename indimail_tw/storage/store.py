@@ -2,7 +2,9 @@
 
 A thin facade: each method runs one repository transaction function in the
 engine's pool and returns a Deferred.  CLIs use the same repositories
-synchronously through ``engine.run_sync``.
+synchronously through ``engine.run_sync``.  The ``*_now`` methods are for
+server code already running in a worker thread: they block, reading on that
+thread's own connection (``engine.run_read``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class UserStore:
     def get_user(self, name: str, domain: str) -> Deferred:
         """Deferred[(User | None, real_domain)]: alias domains resolve to their real domain."""
         return self.engine.runInteraction(_lookup, name, domain)
+
+    def get_user_now(self, name: str, domain: str) -> tuple[User | None, str]:
+        """:meth:`get_user`, blocking (call it in a worker thread)."""
+        return self.engine.run_read(_lookup, name, domain)
+
+    def alias_lines_now(self, alias: str, domain: str) -> list[str]:
+        """:meth:`alias_lines`, blocking (call it in a worker thread)."""
+        return self.engine.run_read(self.repos.aliases.lines, alias, domain)
 
     def real_domain(self, domain: str) -> Deferred:
         return self.engine.runInteraction(self.repos.aliasdomains.real_domain, domain)

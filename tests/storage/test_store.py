@@ -7,7 +7,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from indimail_tw.errors import DuplicateEntry, SchemaTooNew, StoreUnavailable
+from indimail_tw.errors import DuplicateEntry, SchemaTooNew, StoreError, StoreUnavailable
 from indimail_tw.storage import (
     MySQLEngine, MySQLParams, SQLiteEngine, TableNames, User, UserStore,
 )
@@ -156,6 +156,49 @@ class StoreTestsMixin(EngineMixin):
         yield store.add_relay("alice@example.com", "127.0.0.1", 500)
         self.assertTrue((yield store.relay_allowed("127.0.0.1", 400)))
 
+    def test_blocking_reads_on_the_threads_own_connection(self):
+        import threading
+
+        store = UserStore(self.engine)
+        self.sync(R.users.add, alice())
+        self.sync(R.aliasdomains.add, "example.net", "example.com")
+        self.sync(R.aliases.add, "sales", "example.com", "&alice@example.com")
+        user, real = store.get_user_now("alice", "example.net")
+        self.assertEqual((user.name, real), ("alice", "example.com"))
+        self.assertEqual(store.alias_lines_now("sales", "example.com"),
+                         ["&alice@example.com"])
+        first = self.engine._reader()
+        self.assertIsNotNone(first)
+        store.get_user_now("nobody", "example.com")
+        self.assertIs(self.engine._reader(), first)        # kept for the thread's next call
+        self.sync(R.users.set_active, "alice", "example.com", False)
+        self.assertFalse(store.get_user_now("alice", "example.com")[0].active)  # sees writes
+        other: list = []
+        thread = threading.Thread(target=lambda: other.append(
+            (store.get_user_now("alice", "example.com")[0].name, self.engine._reader())))
+        thread.start()
+        thread.join()
+        self.assertEqual(other[0][0], "alice")
+        self.assertIsNot(other[0][1], first)               # another thread, another one
+        self.assertEqual(len(self.engine._readers), 2)
+        self.engine.close()
+        self.assertIsNone(self.engine._reader())           # close() drops them all
+        self.assertEqual(self.engine._readers, set())
+        self.assertEqual(store.get_user_now("alice", "example.com")[0].name, "alice")
+
+    def test_a_failed_blocking_read_drops_the_connection(self):
+        store = UserStore(self.engine)
+        store.get_user_now("alice", "example.com")
+        first = self.engine._reader()
+
+        def broken(txn):
+            txn.query("SELECT no_such_column FROM indimail")
+
+        self.assertRaises(StoreError, self.engine.run_read, broken)
+        self.assertIsNone(self.engine._reader())
+        self.assertNotIn(first, self.engine._readers)
+        self.assertIsNone(store.get_user_now("alice", "example.com")[0])
+
     @defer.inlineCallbacks
     def test_async_errors_are_translated(self):
         store = UserStore(self.engine)
@@ -196,6 +239,22 @@ class MySQLStoreTests(StoreTestsMixin, unittest.TestCase):
     def test_unreachable_server_is_temporary(self):
         engine = MySQLEngine(MySQLParams(host="127.0.0.1", port=1, user="x", password="y"))
         self.assertRaises(StoreUnavailable, engine.run_sync, engine.check)
+
+    def test_unreachable_server_is_temporary_for_blocking_reads(self):
+        engine = MySQLEngine(MySQLParams(host="127.0.0.1", port=1, user="x", password="y"))
+        self.addCleanup(engine.close)
+        self.assertRaises(StoreUnavailable, UserStore(engine).get_user_now, "a", "b.org")
+        self.assertIsNone(engine._reader())
+
+    def test_a_dropped_connection_is_replaced_once(self):
+        store = UserStore(self.engine)
+        self.sync(R.users.add, alice())
+        store.get_user_now("alice", "example.com")
+        first = self.engine._reader()
+        first.close()                      # as when the server drops an idle connection
+        user, _ = store.get_user_now("alice", "example.com")
+        self.assertEqual(user.name, "alice")
+        self.assertIsNot(self.engine._reader(), first)
 
     @defer.inlineCallbacks
     def test_unreachable_server_is_temporary_async(self):
