@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 
 COMMENT, PROGRAM, FORWARD, MAILDIR, MBOX = "comment", "program", "forward", "maildir", "mbox"
@@ -152,15 +153,17 @@ def ext_candidates(ext: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def find_domain_file(domain_dir: str, ext: str) -> tuple[DotQmail, str | None] | None:
+def find_domain_file(domain_dir: str, ext: str, names: Collection[str] | None = None
+                     ) -> tuple[DotQmail, str | None] | None:
     """The domain's ``.qmail-<ext>`` or ``.qmail-<prefix>-default`` for ``ext``.
 
     The bare ``.qmail-default`` is left out: it names vdelivermail and its
-    catch-all handler, which the local agent applies itself.  Returns the file
-    and the DEFAULT value, or None.
+    catch-all handler, which the local agent applies itself.  ``names``, when
+    given, lists the directory's entries: files not in it are not looked for.
+    Returns the file and the DEFAULT value, or None.
     """
     for suffix, default in ext_candidates(ext):
-        if suffix == "default":
+        if suffix == "default" or (names is not None and ".qmail-" + suffix not in names):
             continue
         found = read_dot_qmail(os.path.join(domain_dir, ".qmail-" + suffix))
         if found is not None:

@@ -18,7 +18,11 @@ For ``user@domain``, in order:
 
 Blocking work runs in the reactor's thread pool; programs run through
 ``reactor.spawnProcess``; forwards are new messages in the queue with the
-same envelope sender.
+same envelope sender.  The usual case costs one trip to a thread: one job
+reads the message header, the domain's files, the user and alias rows (on the
+thread's own database connection) and the user's ``.qmail``, and when all that
+says "the user's Maildir", delivers there too (:meth:`LocalDeliveryAgent._look`).
+Everything else continues on the reactor with what that job found.
 """
 
 from __future__ import annotations
@@ -35,17 +39,20 @@ from zope.interface import implementer
 
 from indimail_tw.auth.flags import Flags
 from indimail_tw.delivery import dotqmail as dq
-from indimail_tw.delivery.catchall import CatchAll, handler_for
-from indimail_tw.delivery.mailbox import AUTO, deliver_to_maildir, locked_account
+from indimail_tw.delivery.catchall import CatchAll
+from indimail_tw.delivery.domainfiles import DomainFiles
+from indimail_tw.delivery.mailbox import (
+    AUTO, MailboxOutcome, deliver_to_maildir, locked_account,
+)
 from indimail_tw.delivery.mbox import deliver_mbox
 from indimail_tw.delivery.message import (
-    PrefixedReader, dtline, forward_loops, is_looping, rpline, ufline,
+    HeaderScan, PrefixedReader, dtline, forward_loops, is_looping, rpline, ufline,
 )
 from indimail_tw.delivery.program import qmail_environment, run_program
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.delivery.steps import (
-    Job, LocalOptions, clear_bounce_mail_txn, header_text, mark_over_quota_txn, precheck,
-    qmail_address, read_user_qmail, split_address, user_quota,
+    Job, LocalOptions, Precheck, clear_bounce_mail_txn, header_text, mark_over_quota_txn,
+    precheck, qmail_address, read_user_qmail, split_address, user_quota,
 )
 from indimail_tw.errors import StoreError
 from indimail_tw.interfaces import IDeliveryAgent
@@ -54,8 +61,31 @@ from indimail_tw.storage.users import User
 
 log = Logger()
 GROUP_PREFIX = "MailGroup "
+_NO_SCAN = HeaderScan(b"", ())     # until the lookup job has read the header
 
 __all__ = ["LocalDeliveryAgent", "LocalOptions", "build_local_agent", "split_address"]
+
+
+@dataclass
+class _Facts:
+    """What the lookup job found about one recipient, in the order of the checks.
+
+    The job stops at the first fact that needs the reactor (or ends the
+    delivery); fields after it stay None.  ``delivered`` is set only when
+    every check said "deliver to the user's Maildir" and it was done.
+    """
+
+    pre: Precheck
+    info: _DomainInfo | None = None         # the domain as addressed
+    real_info: _DomainInfo | None = None    # the real domain (alias domains resolved)
+    user: User | None = None
+    real: str = ""
+    lookup_error: StoreError | None = None  # the user lookup failed
+    lines: list[str] | None = None          # valias lines (of the user or the address)
+    lines_error: StoreError | None = None
+    qmail: dq.DotQmail | None = None        # the user's .qmail
+    qmail_error: dq.DotQmailError | None = None
+    delivered: MailboxOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,7 @@ class LocalDeliveryAgent:
                  program_env: Mapping[str, str] | None = None, clock: Any = None) -> None:
         self.store = store
         self.domains_dir = domains_dir
+        self.domain_files = DomainFiles(domains_dir)
         self._settings = _getter(settings)
         self._queue = _getter(queue)
         self._reactor = reactor
@@ -155,7 +186,11 @@ class LocalDeliveryAgent:
         dt = dtline_text.encode("utf-8", "surrogateescape") if dtline_text else dtline(dt_address)
         if dtline_text:
             dt_address = dtline_text.partition(":")[2].strip()
-        pre = await self._thread(precheck, message.path, sender, settings)
+        rp = rpline_text.encode("utf-8", "surrogateescape") if rpline_text else rpline(sender)
+        job = Job(message, recipient, local, domain, sender, dt, rp, _NO_SCAN, opts,
+                  qmail_local=dt_address.rpartition("@")[0])
+        facts = await self._thread(self._look, job, dt_address, settings)
+        pre = facts.pre
         if pre.size == 0:
             return DeliveryResult.ok("discarding 0 size message")
         if pre.blackholed:
@@ -163,92 +198,143 @@ class LocalDeliveryAgent:
         if is_looping(pre.scan, dt_address, pre.max_delivered_to):
             return DeliveryResult.permanent(
                 "This message is looping: it already has my Delivered-To line. (#5.4.6)", "5.4.6")
-        rp = rpline_text.encode("utf-8", "surrogateescape") if rpline_text else rpline(sender)
-        job = Job(message, recipient, local, domain, sender, dt, rp, pre.scan, opts,
-                  qmail_local=dt_address.rpartition("@")[0])
-        info = await self._thread(self._domain_info, domain, local)
+        info = facts.info
         if info.ext_file is not None:
             qmail, default = info.ext_file
-            job.real_domain, job.domain_dir = domain, os.path.join(self.domains_dir, domain)
             if info.owner and sender not in ("", "#@[]"):
                 job.newsender = f"{job.qmail_local}-owner@{domain}"
             return await self._run_dot_qmail(job, qmail, job.domain_dir, None, default)
-        try:
-            user, real = await self.store.get_user(local, domain)
-            if user is None and opts.qmail_ext and "-" in local:
-                user, real = await self.store.get_user(local.split("-", 1)[0], domain)
-        except StoreError as e:
+        if facts.lookup_error is not None:
             log.warn("user lookup for {rcpt} failed: {error}", rcpt=recipient.address,
-                     error=str(e))
+                     error=str(facts.lookup_error))
             return DeliveryResult.temporary("temporary authentication error. (#4.4.3)", "4.4.3")
-        if real != domain or not info.exists:
-            info = await self._thread(self._domain_info, real, None)
+        user, info = facts.user, facts.real_info
         if not info.exists:
             return DeliveryResult.permanent(f"No such domain {domain}. indimail (#5.1.2)",
                                             "5.1.2")
-        job.real_domain, job.domain_dir = real, os.path.join(self.domains_dir, real)
         catchall = CatchAll("vdelivermail", handler) if handler else info.catchall
         if user is not None and (user.active or opts.allow_inactive):
-            return await self._deliver_user(job, user)
+            return await self._deliver_user(job, user, facts)
         if user is not None:
             return await self._catch_all(job, catchall, inactive=True)
-        try:
-            lines = await self.store.alias_lines(local, real)
-        except StoreError as e:
+        if facts.lines_error is not None:
             log.warn("valias lookup for {rcpt} failed: {error}", rcpt=recipient.address,
-                     error=str(e))
+                     error=str(facts.lines_error))
             return DeliveryResult.temporary("temporary database error. (#4.4.3)", "4.4.3")
-        if lines:
-            return await self._run_instructions(job, lines, None, None, job.local, "valias")
+        if facts.lines:
+            return await self._run_instructions(job, facts.lines, None, None, job.local,
+                                                "valias")
         return await self._catch_all(job, catchall, inactive=False)
 
+    def _look(self, job: Job, dt_address: str, settings: Any) -> _Facts:
+        """The lookup job (in a thread): the checks of :meth:`_route` that block, in
+        its order, up to the first that ends the delivery or needs the reactor; then
+        :meth:`_look_user`.  Fills in ``job.scan``, ``job.real_domain`` and
+        ``job.domain_dir``."""
+        pre = precheck(job.message.path, job.sender, settings)
+        facts = _Facts(pre)
+        job.scan = pre.scan
+        if pre.size == 0 or pre.blackholed or is_looping(pre.scan, dt_address,
+                                                         pre.max_delivered_to):
+            return facts
+        local, domain = job.local, job.domain
+        facts.info = info = self._domain_info(domain, local)
+        if info.ext_file is not None:
+            job.real_domain, job.domain_dir = domain, os.path.join(self.domains_dir, domain)
+            return facts
+        try:
+            user, real = self.store.get_user_now(local, domain)
+            if user is None and job.opts.qmail_ext and "-" in local:
+                user, real = self.store.get_user_now(local.split("-", 1)[0], domain)
+        except StoreError as e:
+            facts.lookup_error = e
+            return facts
+        facts.user, facts.real = user, real
+        if real != domain or not info.exists:
+            info = self._domain_info(real, None)
+        facts.real_info = info
+        if not info.exists:
+            return facts
+        job.real_domain, job.domain_dir = real, os.path.join(self.domains_dir, real)
+        if user is None:
+            try:
+                facts.lines = self.store.alias_lines_now(local, real)
+            except StoreError as e:
+                facts.lines_error = e
+        elif (user.active or job.opts.allow_inactive) and not user.gid & Flags.BOUNCE_MAIL:
+            self._look_user(job, user, facts)
+        return facts
+
+    def _look_user(self, job: Job, user: User, facts: _Facts) -> _Facts:
+        """The blocking part of :meth:`_deliver_user` after the BOUNCE_MAIL check (in a
+        thread): valias lines, the ``.qmail``, and else the Maildir delivery itself."""
+        try:
+            facts.lines = self.store.alias_lines_now(user.name, job.real_domain)
+        except StoreError as e:
+            facts.lines_error = e
+            return facts
+        if facts.lines:
+            return facts
+        try:
+            facts.qmail = read_user_qmail(user.dir)
+        except dq.DotQmailError as e:
+            facts.qmail_error = e
+            return facts
+        if facts.qmail is not None or user.gecos.startswith(GROUP_PREFIX):
+            return facts
+        facts.delivered = deliver_to_maildir(
+            user.maildir, job.message.path, job.header, quota=user_quota(user),
+            label=f"{user.name}@{job.real_domain}", policy=job.opts.quota, home=user.dir,
+            folder=job.opts.maildirfolder, message_size=facts.pre.size)
+        return facts
+
     def _domain_info(self, domain: str, ext: str | None) -> _DomainInfo:
-        directory = os.path.join(self.domains_dir, domain)
-        if not domain or "/" in domain or domain.startswith(".") or not os.path.isdir(directory):
+        found = self.domain_files.get(domain)
+        if not found.exists:
             return _DomainInfo(False, None, None)
+        directory = self.domain_files.directory(domain)
         ext_file = None
         if ext is not None:
             try:
-                ext_file = dq.find_domain_file(directory, ext)
+                ext_file = dq.find_domain_file(directory, ext, found.names)
             except dq.DotQmailError as e:
                 log.warn("{error}", error=e.text)
             if ext_file is not None and ext_file[0].empty:
                 ext_file = None
         owner = ext_file is not None and os.path.exists(
             os.path.join(directory, f".qmail-{dq.safe_ext(ext or '')}-owner"))
-        return _DomainInfo(True, handler_for(self.domains_dir, domain), ext_file, owner)
+        return _DomainInfo(True, found.catchall, ext_file, owner)
 
     # -- a user's mail ----------------------------------------------------------------
 
-    async def _deliver_user(self, job: Job, user: User) -> DeliveryResult:
-        quota = user_quota(user)
+    async def _deliver_user(self, job: Job, user: User, facts: _Facts) -> DeliveryResult:
+        """The user's mail, from what :meth:`_look_user` found (it runs again after an
+        account's BOUNCE_MAIL flag was cleared)."""
         address = f"{user.name}@{job.real_domain}"
         if user.gid & Flags.BOUNCE_MAIL:
-            state = await self._thread(locked_account, user.maildir, quota, address,
+            state = await self._thread(locked_account, user.maildir, user_quota(user), address,
                                        job.opts.quota, user.dir)
             if state.result is not None:
                 return state.result
             await self._db_update(clear_bounce_mail_txn, user.name, job.real_domain)
-        try:
-            lines = await self.store.alias_lines(user.name, job.real_domain)
-        except StoreError as e:
-            log.warn("valias lookup for {rcpt} failed: {error}", rcpt=address, error=str(e))
+            facts = await self._thread(self._look_user, job, user, _Facts(facts.pre))
+        if facts.lines_error is not None:
+            log.warn("valias lookup for {rcpt} failed: {error}", rcpt=address,
+                     error=str(facts.lines_error))
             return DeliveryResult.temporary("temporary database error. (#4.4.3)", "4.4.3")
-        if lines:
-            return await self._run_instructions(job, lines, user.dir, user, job.local, "valias")
-        try:
-            qmail = await self._thread(read_user_qmail, user.dir)
-        except dq.DotQmailError as e:
-            return DeliveryResult.temporary(e.text, e.enhanced)
+        if facts.lines:
+            return await self._run_instructions(job, facts.lines, user.dir, user, job.local,
+                                                "valias")
+        if facts.qmail_error is not None:
+            return DeliveryResult.temporary(facts.qmail_error.text, facts.qmail_error.enhanced)
+        qmail = facts.qmail
         if qmail is not None:
             if qmail.empty:
                 return DeliveryResult.ok("discarded: empty .qmail")
             return await self._run_dot_qmail(job, qmail, user.dir, user, job.local)
         if user.gecos.startswith(GROUP_PREFIX):
             return DeliveryResult.ok("Mail delivery to group is avoided")
-        outcome = await self._thread(
-            deliver_to_maildir, user.maildir, job.message.path, job.header, quota=quota,
-            label=address, policy=job.opts.quota, home=user.dir, folder=job.opts.maildirfolder)
+        outcome = facts.delivered
         if outcome.mark_usage is not None:
             await self._db_update(mark_over_quota_txn, user.name, job.real_domain,
                                   outcome.mark_usage)

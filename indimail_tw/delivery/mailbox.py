@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.maildir import quota as mq
-from indimail_tw.maildir.deliver import MaildirDeliveryError, deliver, prepare
+from indimail_tw.maildir.deliver import MaildirDeliveryError, deliver, folder_path, prepare
 
 #: IndiMail clears BOUNCE_MAIL when a message of this size would fit again.
 UNLOCK_ROOM = 1024000
@@ -73,14 +73,29 @@ def _auto_quota(maildir: str) -> mq.Quota | None:
         else None
 
 
+#: Maildirs (and folders) :func:`prepare` found complete, so that a delivery does
+#: not look at ``cur``/``new``/``tmp`` every time.  When a delivery into one fails,
+#: :func:`prepare` runs after all and the delivery is tried once more.
+_complete: set[str] = set()
+_COMPLETE_MAX = 100_000
+
+
 def deliver_to_maildir(maildir: str, message_path: str, header: bytes, *,
                        quota: mq.Quota | None | str, label: str, policy: QuotaPolicy,
-                       home: str | None = None, folder: str | None = None) -> MailboxOutcome:
-    """Check the quota of ``maildir`` and deliver into it (or its ``folder``)."""
+                       home: str | None = None, folder: str | None = None,
+                       message_size: int | None = None) -> MailboxOutcome:
+    """Check the quota of ``maildir`` and deliver into it (or its ``folder``).
+
+    ``message_size`` is the size of the message file, when the caller knows it.
+    """
     root = maildir.rstrip("/") or "/"
+    key = f"{root}\0{folder or ''}"
     try:
-        target = prepare(root, folder)
-        size = len(header) + os.stat(message_path).st_size
+        known = key in _complete
+        target = folder_path(root, folder) if known else prepare(root, folder)
+        if message_size is None:
+            message_size = os.stat(message_path).st_size
+        size = len(header) + message_size
         limit = _auto_quota(root) if isinstance(quota, str) else quota
         mark = None
         if limit is not None and not limit.unlimited:
@@ -101,7 +116,18 @@ def deliver_to_maildir(maildir: str, message_path: str, header: bytes, *,
                                           usage.bytes if usage else 0)
                 if already_over and usage is not None:
                     mark = usage.bytes
-        delivered = deliver(target, message_path, header)
+        try:
+            delivered = deliver(target, message_path, header)
+        except (MaildirDeliveryError, OSError):
+            _complete.discard(key)
+            if not known:
+                raise
+            target = prepare(root, folder)          # as IndiMail does every time
+            delivered = deliver(target, message_path, header)
+        if not known:
+            if len(_complete) >= _COMPLETE_MAX:
+                _complete.clear()
+            _complete.add(key)
         mq.add_usage(root, delivered.size, 1)
     except MaildirDeliveryError as e:
         return MailboxOutcome(DeliveryResult.temporary(e.text, e.enhanced))

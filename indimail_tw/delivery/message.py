@@ -17,6 +17,7 @@ from email.utils import formatdate
 #: Stop scanning the header block after this many bytes (a hostile message
 #: cannot make loop detection read the whole file).
 MAX_HEADER_SCAN = 1024 * 1024
+_READ_CHUNK = 64 * 1024
 _ENHANCED = re.compile(r"#([245])\.(\d{1,3})\.(\d{1,3})")
 
 
@@ -30,8 +31,30 @@ class HeaderScan:
 
 def read_header(path: str, limit: int = MAX_HEADER_SCAN) -> HeaderScan:
     """Read the header block of the message file at ``path``."""
-    with open(path, "rb") as f:
-        data = f.read(limit)
+    return read_message_header(path, limit)[1]
+
+
+def read_message_header(path: str, limit: int = MAX_HEADER_SCAN) -> tuple[int, HeaderScan]:
+    """The size of the message file at ``path`` and its header block (one open;
+    reading stops at the end of the header)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = b""
+        while len(data) < limit:
+            chunk = os.read(fd, min(_READ_CHUNK, limit - len(data)))
+            if not chunk:
+                break
+            data += chunk
+            if data.find(b"\n\n", max(0, len(data) - len(chunk) - 1)) >= 0:
+                break
+    finally:
+        os.close(fd)
+    return size, scan_header(data)
+
+
+def scan_header(data: bytes) -> HeaderScan:
+    """The header block at the start of ``data`` and its Delivered-To values."""
     end = data.find(b"\n\n")
     if end >= 0:
         data = data[:end + 2]

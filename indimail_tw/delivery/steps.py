@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from indimail_tw.auth.flags import Flags
 from indimail_tw.delivery import dotqmail as dq
 from indimail_tw.delivery.mailbox import QuotaPolicy
-from indimail_tw.delivery.message import HeaderScan, dtline_address, read_header
+from indimail_tw.delivery.message import HeaderScan, dtline_address, read_message_header
 from indimail_tw.maildir import quota as mq
 from indimail_tw.queue.envelope import Recipient
 from indimail_tw.storage.engine import Txn
@@ -134,8 +134,7 @@ def qmail_address(settings: Any, local: str, domain: str) -> str:
 
 
 def precheck(path: str, sender: str, settings: Any) -> Precheck:
-    size = os.stat(path).st_size
-    scan = read_header(path)
+    size, scan = read_message_header(path)
     return Precheck(size, scan, _max_delivered_to(settings), _blackholed(settings, sender))
 
 

@@ -1,0 +1,97 @@
+"""The cached view of a domain's directory: read once, read again after a change."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from indimail_tw.delivery import domainfiles
+from indimail_tw.delivery.catchall import qmail_default_line
+from indimail_tw.delivery.domainfiles import MISSING, DomainFiles
+
+
+@pytest.fixture
+def domains(tmp_path):
+    directory = tmp_path / "domains" / "example.com"
+    directory.mkdir(parents=True)
+    (directory / ".qmail-default").write_text(qmail_default_line("bounce-no-mailbox"))
+    return str(tmp_path / "domains")
+
+
+def age(path: str, seconds: float = 10) -> None:
+    """Set the modification time back (as an old file or directory has it)."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts directory listings and file reads."""
+    counts = {"listdir": 0, "open": 0}
+    real_listdir, real_open = os.listdir, open
+
+    def listdir(path):
+        counts["listdir"] += 1
+        return real_listdir(path)
+
+    def counting_open(*a, **kw):
+        counts["open"] += 1
+        return real_open(*a, **kw)
+
+    monkeypatch.setattr(domainfiles.os, "listdir", listdir)
+    monkeypatch.setattr(domainfiles, "open", counting_open, raising=False)
+    return counts
+
+
+def test_reads_once_while_nothing_changes(domains, reads):
+    directory = os.path.join(domains, "example.com")
+    age(os.path.join(directory, ".qmail-default"))
+    age(directory)
+    files = DomainFiles(domains)
+    for _ in range(3):
+        found = files.get("example.com")
+        assert found.exists and found.names == {".qmail-default"}
+        assert found.catchall.kind == "bounce"
+    assert reads == {"listdir": 1, "open": 1}
+
+
+def test_new_files_and_edits_in_place_are_seen(domains, reads):
+    directory = os.path.join(domains, "example.com")
+    default = os.path.join(directory, ".qmail-default")
+    age(default)
+    age(directory)
+    files = DomainFiles(domains)
+    assert files.get("example.com").catchall.kind == "bounce"
+    with open(os.path.join(directory, ".qmail-list"), "w") as f:
+        f.write("&a@example.net\n")
+    assert ".qmail-list" in files.get("example.com").names          # the directory changed
+    with open(default, "w") as f:                                   # the same name
+        f.write(qmail_default_line("delete"))
+    assert files.get("example.com").catchall.kind == "delete"
+    os.unlink(default)
+    assert files.get("example.com").catchall is None
+
+
+def test_a_change_within_the_clock_tick_is_not_missed(domains):
+    directory = os.path.join(domains, "example.com")
+    default = os.path.join(directory, ".qmail-default")
+    files = DomainFiles(domains)
+    assert files.get("example.com").catchall.kind == "bounce"       # read just after a change
+    st = os.stat(default)
+    with open(default, "w") as f:                                   # same size, same times
+        f.write(qmail_default_line("deletx"))
+    os.utime(default, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files.get("example.com").catchall.handler == "deletx"
+
+
+def test_missing_and_unsafe_names(domains, tmp_path):
+    files = DomainFiles(domains)
+    assert files.get("nowhere.test") is MISSING
+    assert files.get("") is MISSING and files.get("../x") is MISSING
+    assert files.get(".hidden") is MISSING
+    (tmp_path / "domains" / "file.test").write_text("not a directory")
+    assert files.get("file.test") is MISSING
+    os.unlink(os.path.join(domains, "example.com", ".qmail-default"))
+    found = files.get("example.com")
+    assert found.exists and found.catchall is None
