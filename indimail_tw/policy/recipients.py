@@ -18,6 +18,11 @@ never are.  A recipient passes when any of these deliver it:
 Otherwise ``550 5.1.1 ... is absent on this domain``, IndiMail's text.  After
 ``MAX_RCPT_ERRCOUNT`` unknown recipients in one transaction the client is
 told ``421`` and dropped.  A database failure is ``451 4.3.2``.
+
+With the server's user store (which can read blocking, in the calling thread)
+the whole check is one job in a thread: the domain directory (cached, see
+:mod:`indimail_tw.delivery.domainfiles`) and the user and alias rows.  Other
+stores are asked through their Deferred API, one lookup after the other.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from indimail_tw.auth.flags import Flags
-from indimail_tw.delivery.catchall import QMAIL_DEFAULT, CatchAll, handler_for
+from indimail_tw.delivery.catchall import QMAIL_DEFAULT, CatchAll
+from indimail_tw.delivery.domainfiles import DomainFiles
 from indimail_tw.policy.base import (
     TEMPORARY_DB_ERROR, Check, RcptRequest, Reject, SessionContext, Verdict,
 )
@@ -75,13 +81,16 @@ def dot_qmail_names(local: str) -> list[str]:
     return [name for name in names if "/" not in name and name != QMAIL_DEFAULT]
 
 
-def domain_facts(domains_dir: str, domain: str, local: str) -> DomainFacts:
+def domain_facts(domains_dir: str | DomainFiles, domain: str, local: str) -> DomainFacts:
     """Blocking file lookups (run in a thread)."""
-    if "/" in domain or domain.startswith("."):
+    files = domains_dir if isinstance(domains_dir, DomainFiles) else DomainFiles(domains_dir)
+    found = files.get(domain)
+    if not found.exists:
         return DomainFacts(None, False)
-    directory = os.path.join(domains_dir, domain)
-    dot = any(os.path.isfile(os.path.join(directory, name)) for name in dot_qmail_names(local))
-    return DomainFacts(handler_for(domains_dir, domain), dot)
+    directory = files.directory(domain)
+    dot = any(name in found.names and os.path.isfile(os.path.join(directory, name))
+              for name in dot_qmail_names(local))
+    return DomainFacts(found.catchall, dot)
 
 
 class RecipientExists(Check):
@@ -91,10 +100,12 @@ class RecipientExists(Check):
                  blocking: Callable[..., defer.Deferred] | None = None) -> None:
         self.store = store
         self.domains_dir = domains_dir
+        self.domain_files = DomainFiles(domains_dir)
         if blocking is None:
             from twisted.internet import threads
             blocking = threads.deferToThread
         self.blocking = blocking
+        self._one_job = hasattr(store, "get_user_now") and hasattr(store, "alias_lines_now")
 
     def applies(self, ctx: SessionContext, domain: str) -> bool:
         settings = ctx.settings
@@ -118,10 +129,49 @@ class RecipientExists(Check):
             return None
         return self._lookup(ctx, request.address, local, domain)
 
+    def _lookup(self, ctx: SessionContext, address: str, local: str,
+                domain: str) -> defer.Deferred:
+        if not self._one_job:
+            return self._lookup_async(ctx, address, local, domain)
+        d = self.blocking(self._check_now, address, local, domain)
+
+        def failed(failure: Any) -> Reject:
+            log.failure("recipient lookup for {address} failed", failure, address=address)
+            return TEMPORARY_DB_ERROR
+
+        def judged(verdict: Reject | bool | None) -> Verdict:
+            return self._unknown(ctx, address) if verdict is False else verdict
+
+        return d.addCallbacks(judged, failed)
+
+    def _check_now(self, address: str, local: str, domain: str) -> Reject | bool | None:
+        """The whole check, blocking (in a thread): None, a Reject or False (unknown)."""
+        if domain_facts(self.domain_files, domain, local).accepts_all:
+            return None
+        name = local.lower()
+        verdict = self._user_or_alias_now(address, name, domain)
+        if verdict is False and "-" in name:
+            verdict = self._user_or_alias_now(address, name.split("-", 1)[0], domain)
+        return verdict
+
+    def _user_or_alias_now(self, address: str, name: str, domain: str) -> Reject | bool | None:
+        user, real = self.store.get_user_now(name, domain)
+        if user is not None:
+            return self._user_verdict(address, user)
+        return None if self.store.alias_lines_now(name, real or domain) else False
+
+    @staticmethod
+    def _user_verdict(address: str, user: Any) -> Reject | None:
+        if not user.active:
+            return inactive(address)
+        if user.gid & Flags.BOUNCE_MAIL:
+            return overquota(address)
+        return None
+
     @defer.inlineCallbacks
-    def _lookup(self, ctx: SessionContext, address: str, local: str, domain: str):
+    def _lookup_async(self, ctx: SessionContext, address: str, local: str, domain: str):
         try:
-            facts = yield self.blocking(domain_facts, self.domains_dir, domain, local)
+            facts = yield self.blocking(domain_facts, self.domain_files, domain, local)
             if facts.accepts_all:
                 return None
             name = local.lower()
@@ -140,11 +190,7 @@ class RecipientExists(Check):
         """None (deliverable), a Reject (user in a refusing state) or False (unknown)."""
         user, real = yield self.store.get_user(name, domain)
         if user is not None:
-            if not user.active:
-                return inactive(address)
-            if user.gid & Flags.BOUNCE_MAIL:
-                return overquota(address)
-            return None
+            return self._user_verdict(address, user)
         lines = yield self.store.alias_lines(name, real or domain)
         return None if lines else False
 

@@ -9,14 +9,18 @@ import pytest
 from indimail_tw.auth.flags import Flags
 from indimail_tw.errors import StoreUnavailable
 from indimail_tw.policy.recipients import dot_qmail_names
-from tests.smtp.support import Conn, Site, ehlo, make_factory
+from tests.smtp.support import BlockingFakeStore, Conn, Site, ehlo, make_factory
 
 
-@pytest.fixture
-def site():
+@pytest.fixture(params=["deferred", "blocking"])
+def site(request):
+    """The same site with a store read through Deferreds (one lookup after the other)
+    and with one that reads blocking (the whole check is one job)."""
     s = Site(control={"rcpthosts": "example.com\nalias.example\nother.example\nsys.example\n",
                       "virtualdomains": "example.com:example.com\nalias.example:alias.example\n",
                       "locals": "sys.example\n"})
+    if request.param == "blocking":
+        s.store = BlockingFakeStore()
     s.store.add_user("alice@example.com")
     s.store.add_user("sleepy@example.com", active=False)
     s.store.add_user("full@example.com", gid=Flags.BOUNCE_MAIL)
@@ -110,3 +114,46 @@ def test_goodrcptto_skips_the_check(site):
     site.write_control("goodrcptto", "@example.com\n")
     site.reload()
     assert rcpt(site, "nobody@example.com") == [OK]
+
+
+def test_one_job_per_recipient_with_the_servers_store(tmp_path):
+    """With the real store every RCPT is one blocking job: directory and rows at once."""
+    from twisted.internet import defer
+
+    from indimail_tw.policy import default_checks
+    from indimail_tw.policy.base import SMTPPolicy
+    from indimail_tw.storage.engine import SQLiteEngine
+    from indimail_tw.storage.store import REPOS, UserStore
+    from indimail_tw.storage.users import User
+
+    s = Site(control={"rcpthosts": "example.com\n",
+                      "virtualdomains": "example.com:example.com\n"})
+    engine = SQLiteEngine(str(tmp_path / "db.sqlite"))
+    try:
+        engine.run_sync(engine.prepare)
+        engine.run_sync(REPOS.users.add, User("alice", "example.com", "x"))
+        engine.run_sync(REPOS.users.add, User("sleepy", "example.com", "x", active=False))
+        engine.run_sync(REPOS.aliases.add, "sales", "example.com", "&alice@example.com")
+        s.store = UserStore(engine)
+        s.catchall("example.com")
+        jobs = []
+
+        def blocking(fn, *args):
+            jobs.append(fn.__name__)
+            return defer.maybeDeferred(fn, *args)
+
+        checks = default_checks(s.store, s.paths.domains, blocking=blocking)
+        conn = Conn(make_factory(s, checks=checks))
+        ehlo(conn)
+        conn.send("MAIL FROM:<s@remote.example>\r\n")
+        conn.output()
+        for address in ("alice@example.com", "sales@example.com", "alice-x@example.com",
+                        "sleepy@example.com", "nobody@example.com"):
+            conn.send(f"RCPT TO:<{address}>\r\n")
+        assert conn.lines() == [
+            OK, OK, OK, "550 5.2.1 sorry, mailbox <sleepy@example.com> is inactive on this domain",
+            "550 5.1.1 sorry, mailbox <nobody@example.com> is absent on this domain"]
+        assert jobs == ["_check_now"] * 5
+    finally:
+        engine.close()
+        s.cleanup()

@@ -149,6 +149,23 @@ class FakeStore:
         return self._answer(ok)
 
 
+class BlockingFakeStore(FakeStore):
+    """A FakeStore that can also read blocking (``*_now``), as the server's UserStore can."""
+
+    def get_user_now(self, name: str, domain: str):
+        self.calls.append(("get_user_now", name, domain))
+        if self.fail is not None:
+            raise self.fail
+        real = self.alias_domains.get(domain, domain)
+        return self.users.get((name, real)), real
+
+    def alias_lines_now(self, alias: str, domain: str):
+        self.calls.append(("alias_lines_now", alias, domain))
+        if self.fail is not None:
+            raise self.fail
+        return list(self.aliases.get((alias, domain), []))
+
+
 # -- portal -----------------------------------------------------------------------------------
 
 @implementer(IMailbox)
