@@ -377,12 +377,20 @@ class QueueStore:
         return report
 
     def move_aside(self, msg_id: str) -> None:
-        """Move a message's files into corrupt/ as ID.info, ID.mess, ID.state."""
-        for directory, suffix in ((self.info, "info"), (self.mess, "mess"),
-                                  (self.state, "state")):
+        """Move a message's files into corrupt/ as ID.info, ID.mess, ID.state.
+
+        The data and state go first and the envelope last: a crash in between
+        leaves ``info/ID`` without its data, which the next recovery moves
+        aside too, so nothing is ever left for recovery to delete.
+        """
+        for directory, suffix in ((self.mess, "mess"), (self.state, "state")):
             src = os.path.join(directory, msg_id)
             if os.path.lexists(src):
                 fsutil.rename(src, os.path.join(self.corrupt, f"{msg_id}.{suffix}"))
+        fsutil.fsync_dirs([self.corrupt, self.mess, self.state])
+        src = os.path.join(self.info, msg_id)
+        if os.path.lexists(src):
+            fsutil.rename(src, os.path.join(self.corrupt, f"{msg_id}.info"))
         fsutil.fsync_dirs([self.corrupt, self.info])
 
 

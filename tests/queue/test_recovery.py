@@ -141,3 +141,32 @@ def test_a_queue_has_one_owner(tmp_path):
     with pytest.raises(MailError) as e:
         result_of(second.enqueue(ENV, b"x"))
     assert e.value.code == 451
+
+
+def test_crash_while_moving_aside_loses_nothing(tmp_path, monkeypatch):
+    """A crash between moving a damaged message's data and its envelope leaves
+    the envelope without data; the next recovery moves that aside too."""
+    from indimail_tw import fsutil
+
+    path = str(tmp_path / "queue1")
+    q = make_queue(path)
+    bad = result_of(q.enqueue(Envelope.simple("x@y", "r@remote.test"), b"bad message\n"))
+    real_rename = fsutil.rename
+    calls = []
+
+    def rename_then_die(src, dst):
+        calls.append(src)
+        if len(calls) > 1:
+            raise OSError("killed mid-move")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fsutil, "rename", rename_then_die)
+    with pytest.raises(OSError):
+        q.store.move_aside(bad)
+    monkeypatch.setattr(fsutil, "rename", real_rename)
+    crash(q)
+    assert files(q, "corrupt") == [f"{bad}.mess"]      # data already safe in corrupt/
+    q2 = make_queue(path)
+    moved = files(q2, "corrupt")
+    assert f"{bad}.mess" in moved and f"{bad}.info" in moved
+    assert files(q2, "info") == [] and files(q2, "mess") == []
