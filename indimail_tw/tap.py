@@ -28,6 +28,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          f"[default: $INDIMAIL_ROOT or {DEFAULT_ROOT}]"],
         ["control-dir", None, None,
          "Control directory [default: $CONTROLDIR, else ROOT/control]"],
+        ["io-threads", None, 2,
+         "Threads doing the disk and database work of receiving and local delivery "
+         "(queue commits, Maildir deliveries, the recipient check). Few keep the CPU "
+         "cost per message low; raise it when fsync is slow (spinning disks)", int],
     ]
     optFlags = [
         ["log-debug", None,
@@ -51,6 +55,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
 
     def postOptions(self) -> None:  # noqa: N802
+        if self["io-threads"] < 1:
+            raise usage.UsageError("--io-threads: at least 1")
         for name, description in self["listeners"]:
             spec = listeners.PROTOCOLS[name]
             if spec.build is None:
@@ -85,7 +91,8 @@ def makeService(options: Options):  # noqa: N802
     paths = Paths.resolve(options["root"], environ, options["control-dir"])
     try:
         context = build_context(paths, environ, options.get("credCheckers") or None,
-                                log_debug=bool(options["log-debug"]))
+                                log_debug=bool(options["log-debug"]),
+                                io_threads=options["io-threads"])
     except (StoreError, ConfigError, OSError) as e:
         raise SystemExit(f"indimail: cannot start: {e}") from None
     root = IndiMailService(context)

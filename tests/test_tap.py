@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import subprocess
 import sys
 
@@ -140,6 +141,31 @@ class MakeServiceTests(unittest.TestCase):
         finally:
             yield service.stopService()
 
+
+    @defer.inlineCallbacks
+    def test_one_small_pool_for_the_hot_paths_blocking_work(self):
+        from indimail_tw.policy.recipients import RecipientExists
+
+        self.assertRaises(usage.UsageError, self.options, "--io-threads", "0")
+        service = makeService(self.options("--io-threads", "3", "--smtp", "tcp:0"))
+        context = service.context
+        pool = context.io_pool
+        self.assertEqual((pool.max, pool.name), (3, "indimail-io"))
+        queue_service = service.getServiceNamed("queue")
+        self.assertIsNone(queue_service.pool)                    # the server owns it
+        self.assertIs(context.queue.queues[0].run.pool, pool)
+        self.assertIs(context.local_agent._pool, pool)
+        smtp = [s for s in service if s is not queue_service][0]
+        (check,) = [c for c in smtp.factory.policy.checks if isinstance(c, RecipientExists)]
+        self.assertFalse(pool.started)
+        service.startService()
+        try:
+            self.assertTrue(pool.started)
+            ran = yield check.blocking(lambda: threading.current_thread().name)
+            self.assertTrue(ran.startswith("PoolThread-indimail-io"), ran)
+        finally:
+            yield service.stopService()
+        self.assertFalse(pool.started)
 
     @defer.inlineCallbacks
     def test_sigalrm_flushes_the_queues(self):

@@ -116,12 +116,14 @@ class LocalDeliveryAgent:
     ``queue`` an IQueue (or a function returning it) for forwards;
     ``environ`` holds the knobs of :class:`LocalOptions`; ``program_env`` the
     base environment of program deliveries (default: PATH only);
-    ``clock`` times program deliveries out (default: the reactor).
+    ``clock`` times program deliveries out (default: the reactor); ``pool`` runs
+    the lookup job (default: the reactor's pool; other blocking work uses that).
     """
 
     def __init__(self, store: Any, domains_dir: str, settings: Any, queue: Any = None, *,
                  reactor: Any = None, environ: Mapping[str, str] | None = None,
-                 program_env: Mapping[str, str] | None = None, clock: Any = None) -> None:
+                 program_env: Mapping[str, str] | None = None, clock: Any = None,
+                 pool: Any = None) -> None:
         self.store = store
         self.domains_dir = domains_dir
         self.domain_files = DomainFiles(domains_dir)
@@ -132,6 +134,7 @@ class LocalDeliveryAgent:
         self.program_env = dict(program_env) if program_env is not None else {
             "PATH": os.environ.get("PATH", "/bin:/usr/bin:/usr/local/bin")}
         self._clock = clock
+        self._pool = pool
 
     @property
     def reactor(self) -> Any:
@@ -143,6 +146,12 @@ class LocalDeliveryAgent:
     def _thread(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred:
         reactor = self.reactor
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kw)
+
+    def _job(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """The lookup job: in ``pool`` when given (it never waits on locks)."""
+        if self._pool is None:
+            return self._thread(fn, *args)
+        return threads.deferToThreadPool(self.reactor, self._pool, fn, *args)
 
     # -- entry points -----------------------------------------------------------------
 
@@ -189,7 +198,7 @@ class LocalDeliveryAgent:
         rp = rpline_text.encode("utf-8", "surrogateescape") if rpline_text else rpline(sender)
         job = Job(message, recipient, local, domain, sender, dt, rp, _NO_SCAN, opts,
                   qmail_local=dt_address.rpartition("@")[0])
-        facts = await self._thread(self._look, job, dt_address, settings)
+        facts = await self._job(self._look, job, dt_address, settings)
         pre = facts.pre
         if pre.size == 0:
             return DeliveryResult.ok("discarding 0 size message")
@@ -317,7 +326,7 @@ class LocalDeliveryAgent:
             if state.result is not None:
                 return state.result
             await self._db_update(clear_bounce_mail_txn, user.name, job.real_domain)
-            facts = await self._thread(self._look_user, job, user, _Facts(facts.pre))
+            facts = await self._job(self._look_user, job, user, _Facts(facts.pre))
         if facts.lines_error is not None:
             log.warn("valias lookup for {rcpt} failed: {error}", rcpt=address,
                      error=str(facts.lines_error))
@@ -512,4 +521,5 @@ def build_local_agent(context: Any) -> LocalDeliveryAgent:
     """The local agent of a running server (``ServerContext``)."""
     return LocalDeliveryAgent(
         context.store, context.paths.domains, context.config,
-        lambda: context.queue, reactor=context.reactor, environ=context.environ)
+        lambda: context.queue, reactor=context.reactor, environ=context.environ,
+        pool=getattr(context, "io_pool", None))

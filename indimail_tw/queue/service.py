@@ -97,9 +97,9 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
     ``context`` is a :class:`indimail_tw.service.ServerContext`.  Queues live in
     ``queue_base`` (default ``paths.queue``) as ``queueN`` for N from
     ``QUEUE_START`` to ``QUEUE_START + QUEUE_COUNT - 1``.  ``agents`` maps
-    ``"local"``/``"remote"`` to IDeliveryAgent (or None: keep those recipients
-    queued).  Blocking disk work runs in a dedicated thread pool of ``threads``
-    threads (default: 4 per queue, at least 32), so fsyncs of many messages overlap.
+    queued).  Blocking disk work runs in the server's I/O pool (``context.io_pool``,
+    started and stopped by the server) when there is one, else in a pool of this
+    service of ``threads`` threads (default: 4 per queue, at least 32).
     """
     reactor = context.reactor
     if reactor is None:
@@ -107,8 +107,10 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
     settings = context.config.current
     base = settings.queue_base or context.paths.queue
     paths = queue_paths(base, settings.queue_start, settings.queue_count)
-    pool = ThreadPool(minthreads=0, maxthreads=threads or max(32, 4 * len(paths)),
-                      name="indimail-queue")
+    pool = shared = getattr(context, "io_pool", None)
+    if pool is None:
+        pool = ThreadPool(minthreads=0, maxthreads=threads or max(32, 4 * len(paths)),
+                          name="indimail-queue")
     run = ThreadRunner(reactor, pool)
 
     def current() -> Any:
@@ -120,4 +122,6 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
     queue_set = QueueSet(queues, strategy=strategy, rng=random.Random())
     unsubscribe = context.config.subscribe(
         lambda _settings: reactor.callFromThread(queue_set.settings_changed))
-    return queue_set, QueueService(queue_set, reactor=reactor, pool=pool, on_stop=unsubscribe)
+    return queue_set, QueueService(queue_set, reactor=reactor,
+                                   pool=None if shared is not None else pool,
+                                   on_stop=unsubscribe)

@@ -152,6 +152,19 @@ def reverse_dns(ip: str, timeout: float = 5.0) -> defer.Deferred:
     return lookup().addErrback(lambda _failure: None)
 
 
+def _io_runner(context: Any) -> Callable[..., defer.Deferred] | None:
+    """Blocking calls in the server's I/O pool (``context.io_pool``), if it has one."""
+    pool = getattr(context, "io_pool", None)
+    if pool is None:
+        return None
+    from twisted.internet import threads
+
+    reactor = context.reactor
+    if reactor is None:
+        from twisted.internet import reactor
+    return lambda fn, *args: threads.deferToThreadPool(reactor, pool, fn, *args)
+
+
 class SMTPFactory(protocol.Factory):
     """Builds SMTP sessions for one listener (see the module docstring)."""
 
@@ -170,7 +183,8 @@ class SMTPFactory(protocol.Factory):
         self.tls_on_connect = tls_on_connect      # the listener is plain TCP: start TLS first
         self.certificate = certificate
         self.rules = rules
-        self.policy = policy or default_policy(context.store, context.paths.domains)
+        self.policy = policy or default_policy(context.store, context.paths.domains,
+                                               blocking=_io_runner(context))
         self.clock = clock
         self.resolve = resolve or reverse_dns
         self.limiter = ConnectionLimiter()
