@@ -4,6 +4,7 @@
 # to 10 users of bench.test, fsync on in both. Prints one JSON line per run and the ratios.
 # Needs root for Postfix (apt-get install postfix); run from the repository root:
 #   bench/run_smtp_bench.sh            (defaults: 20 sessions, 5000 messages, 2048 bytes)
+#   OUR_ARGS="--workers 2" bench/run_smtp_bench.sh     (options for 'twistd indimail')
 set -euo pipefail
 SESSIONS=${SESSIONS:-20}; MESSAGES=${MESSAGES:-5000}; SIZE=${SIZE:-2048}; ROUNDS=${ROUNDS:-1}
 OUR_PORT=${OUR_PORT:-2525}; PF_PORT=${PF_PORT:-2526}
@@ -29,7 +30,7 @@ for i in range(1, 11):
 site.close()
 PYEOF
 env -u QUEUE_COUNT ${OUR_ENV:-} .venv/bin/twistd -n --pidfile= --logfile "$ROOT/twistd.log" \
-    indimail --root "$ROOT" --smtp "tcp:$OUR_PORT:interface=127.0.0.1" &
+    indimail --root "$ROOT" --smtp "tcp:$OUR_PORT:interface=127.0.0.1" ${OUR_ARGS:-} &
 OUR_PID=$!
 trap 'kill $OUR_PID 2>/dev/null || true' EXIT
 

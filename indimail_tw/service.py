@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 from twisted.application import service
 from twisted.cred.portal import Portal
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -54,6 +55,7 @@ class ServerContext:
     remote_agent: Any = None     # IDeliveryAgent for remote recipients
     log_debug: bool = False      # make debug log events (off: they are not even created)
     io_pool: ThreadPool | None = None   # the hot path's blocking work (see the module doc)
+    worker: tuple[int, int] = (0, 1)    # (this process, processes): see --workers
     extras: dict = field(default_factory=dict)
 
     def auth_policy(self) -> AuthPolicy:
@@ -64,7 +66,8 @@ class ServerContext:
 
 def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | None = None,
                   reactor: Any = None, *, log_debug: bool = False,
-                  io_threads: int = IO_THREADS) -> ServerContext:
+                  io_threads: int = IO_THREADS,
+                  worker: tuple[int, int] = (0, 1)) -> ServerContext:
     """Open the store (creating missing tables, refusing a newer schema) and the portal.
 
     Blocking: called once from ``makeService`` before the reactor runs, so a
@@ -81,7 +84,7 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
                             portal=Portal(MaildirRealm(store), [checker]), checker=checker,
                             environ=environ, reactor=reactor, log_debug=log_debug,
                             io_pool=ThreadPool(minthreads=0, maxthreads=io_threads,
-                                               name="indimail-io"))
+                                               name="indimail-io"), worker=worker)
     _bind(context)
     config.subscribe(lambda _settings: _bind(context))
     return context
@@ -134,17 +137,22 @@ class IndiMailService(service.MultiService):
         super().__init__()
         self.context = context
         self._previous = {}
+        self.workers: WorkerSupervisor | None = None     # set by --workers (parent)
         attach_queue(context, self)
 
     def reload(self) -> bool:
         ok = self.context.config.reload()
         log.info("configuration reloaded" if ok else "configuration reload failed; "
                  "keeping the previous settings")
+        if self.workers is not None:
+            self.workers.signal("HUP")
         return ok
 
     def flush(self) -> int:
         count = self.context.queue.flush() if self.context.queue is not None else 0
         log.info("ALRM: {count} recipients due now", count=count)
+        if self.workers is not None:
+            self.workers.signal("ALRM")
         return count
 
     def _reactor(self):
@@ -189,3 +197,364 @@ class IndiMailService(service.MultiService):
             pool.stop()
         self.context.engine.close()
         return result
+
+
+# -- several processes (--workers) ---------------------------------------------------------
+#
+# ``twistd indimail --workers N`` runs N processes (ARCHITECTURE section 7): this one
+# and N-1 workers it starts, supervises and stops.  Each listener is N sockets bound
+# to the same address with SO_REUSEPORT, so the kernel spreads new connections over
+# the processes; worker k listens on socket k (inherited) and owns queues k, k+N, ...
+# of QUEUE_START .. QUEUE_START+QUEUE_COUNT-1, with its own scheduler and I/O pool.
+# Workers log as JSON on their stdout and this process logs their events as its own;
+# a worker whose stdin (a pipe from this process) reaches its end stops, so none
+# outlives its parent.  SIGHUP and SIGALRM are passed on; a worker that dies is
+# started again.
+
+WORKER_LOGGER = "indimail_tw.service.worker_log_observer"
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER = 60.0          # a worker that ran this long restarts without delay growth
+WORKER_STOP_GRACE = 45.0     # after SIGTERM, SIGKILL (the queues' grace is 30 s)
+FIRST_LISTEN_FD = 3
+
+
+def worker_log_observer() -> Any:
+    """The log observer of a worker process (twistd ``--logger``): JSON events on stdout."""
+    from twisted.logger import jsonFileLogObserver
+
+    # stdout itself is taken over by twistd's logging: write to a copy of the descriptor
+    out = open(os.dup(1), "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+    return jsonFileLogObserver(out)
+
+
+def add_listeners(root: IndiMailService, selected: list[tuple[str, str]],
+                  plugin_args: list[str], fds: list[int]) -> None:
+    """Add the listeners to ``root``: on their own; as the parent of ``--workers``
+    (shared sockets, and the supervisor of the workers); or in a worker (the
+    sockets inherited as ``fds``, one per listener, in order)."""
+    import sys
+
+    from indimail_tw import listeners
+
+    context = root.context
+    index, count = context.worker
+    reactor = context.reactor
+    if reactor is None:
+        from twisted.internet import reactor
+    shared: list[tuple[str, SharedListener]] = []
+    for n, (name, description) in enumerate(selected):
+        spec = listeners.PROTOCOLS[name]
+        try:
+            if count == 1:
+                spec.builder()(context, spec, description).setServiceParent(root)
+                continue
+            factory, where = _listener_of(spec)(context, spec, description)
+            if index == 0:
+                _tcp_address(where, reactor)
+                listener: service.Service = SharedListener(name, factory, where, count,
+                                                           reactor)
+                shared.append((name, listener))
+            elif n < len(fds):
+                listener = AdoptedListener(name, factory, fds[n], reactor)
+            else:
+                raise ValueError("no inherited socket for it (--listen-fds)")
+            listener.setServiceParent(root)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"indimail: cannot start the --{name} listener "
+                             f"{description!r}: {e}") from None
+    if count == 1:
+        return
+    if index == 0:
+        command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                   "-n", "--pidfile=", "--logger", WORKER_LOGGER, "indimail", *plugin_args]
+        root.workers = WorkerSupervisor(reactor, command, count, shared)
+        root.workers.setServiceParent(root)
+    else:
+        ParentWatch(reactor).setServiceParent(root)
+
+
+def _listener_of(spec: Any) -> Any:
+    """The protocol's ``listener(context, spec, description) -> (factory, description)``."""
+    import importlib
+
+    module = importlib.import_module(spec.build.partition(":")[0])
+    listener = getattr(module, "listener", None)
+    if listener is None:
+        raise ValueError(f"the {spec.description} server cannot share its listener with "
+                         "--workers yet")
+    return listener
+
+
+def _tcp_address(description: str, reactor: Any) -> tuple[int, int, str, int]:
+    """(address family, port, interface, backlog) of a ``tcp:`` description; ValueError
+    for anything else (only TCP sockets are shared by --workers)."""
+    import socket
+
+    from twisted.internet import endpoints
+
+    endpoint = endpoints.serverFromString(reactor, description)
+    if not isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint)):
+        raise ValueError("--workers shares only tcp: listeners (and ssl: ones without "
+                         "TLS material, which the server turns into tcp:)")
+    family = (socket.AF_INET6 if isinstance(endpoint, endpoints.TCP6ServerEndpoint)
+              else socket.AF_INET)
+    # Twisted's own parse of the description (it has no public accessors)
+    return family, endpoint._port, endpoint._interface, endpoint._backlog
+
+
+def _reuse_port_sockets(description: str, count: int, reactor: Any) -> list[Any]:
+    """``count`` listening sockets on the address of a ``tcp:`` description, each with
+    SO_REUSEPORT."""
+    import socket
+
+    family, port, interface, backlog = _tcp_address(description, reactor)
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface or ("::" if family == socket.AF_INET6 else ""), port))
+            if not port:            # tcp:0: the others take the port the first one got
+                port = sock.getsockname()[1]
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class SharedListener(service.Service):
+    """One listener of the parent of workers: ``count`` SO_REUSEPORT sockets bound when
+    privileges allow it; this process listens on the first, worker k inherits socket k."""
+
+    def __init__(self, name: str, factory: Any, description: str, count: int,
+                 reactor: Any) -> None:
+        self.name = f"listener:{name}:{description}"
+        self.factory = factory
+        self.description = description
+        self.count = count
+        self.reactor = reactor
+        self.sockets: list[Any] = []
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:  # noqa: N802
+        super().privilegedStartService()
+        self.bind()
+
+    def bind(self) -> None:
+        if not self.sockets:
+            self.sockets = _reuse_port_sockets(self.description, self.count, self.reactor)
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.bind()
+        first = self.sockets[0]
+        self.port = self.reactor.adoptStreamPort(first.fileno(), first.family, self.factory)
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        port, self.port = self.port, None
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+        return port.stopListening() if port is not None else None
+
+
+class AdoptedListener(service.Service):
+    """A worker's listener: the socket it inherited as file descriptor ``fd``."""
+
+    def __init__(self, name: str, factory: Any, fd: int, reactor: Any) -> None:
+        self.name = f"listener:{name}:fd{fd}"
+        self.factory = factory
+        self.fd = fd
+        self.reactor = reactor
+        self.port: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        import socket
+
+        super().startService()
+        with socket.socket(fileno=os.dup(self.fd)) as sock:
+            family = sock.family
+        self.port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
+        os.close(self.fd)                      # the port has its own copy
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+class ParentWatch(service.Service):
+    """A worker stops when its stdin, a pipe from the parent, reaches its end."""
+
+    def __init__(self, reactor: Any, fd: int = 0) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self._reader: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        from twisted.internet import abstract, fdesc
+
+        super().startService()
+        fd, reactor = self.fd, self.reactor
+
+        class Reader(abstract.FileDescriptor):
+            def fileno(self) -> int:
+                return fd
+
+            def doRead(self) -> Any:  # noqa: N802
+                return fdesc.readFromFD(fd, lambda data: None) or None
+
+            def connectionLost(self, reason: Any) -> None:  # noqa: N802
+                abstract.FileDescriptor.connectionLost(self, reason)
+                if reactor.running:
+                    log.info("worker: the parent process is gone; stopping")
+                    reactor.stop()
+
+        fdesc.setNonBlocking(fd)
+        self._reader = Reader(reactor=reactor)
+        self._reader.startReading()
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        if self._reader is not None:
+            self._reader.stopReading()
+            self._reader = None
+
+
+class WorkerSupervisor(service.Service):
+    """Starts worker processes 1 .. count-1, restarts them when they die, passes
+    signals on and stops them (SIGTERM, then SIGKILL after a grace period)."""
+
+    name = "workers"
+
+    def __init__(self, reactor: Any, command: list[str], count: int,
+                 listeners: list[tuple[str, SharedListener]],
+                 env: Mapping[str, str] | None = None) -> None:
+        self.reactor = reactor
+        self.command = list(command)
+        self.count = count
+        self.listeners = listeners
+        self.env = dict(os.environ if env is None else env)
+        self.processes: dict[int, Any] = {}
+        self.started_at: dict[int, float] = {}
+        self.failures: dict[int, int] = {}
+        self._restarts: dict[int, Any] = {}
+        self._stopping = False
+        self._stopped: list[defer.Deferred] = []
+        self._kill: Any = None
+
+    def argv(self, index: int) -> list[str]:
+        fds = ",".join(str(FIRST_LISTEN_FD + n) for n in range(len(self.listeners)))
+        return [*self.command, "--worker-index", str(index), "--listen-fds", fds]
+
+    def child_fds(self, index: int) -> dict[int, Any]:
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for n, (_name, listener) in enumerate(self.listeners):
+            fds[FIRST_LISTEN_FD + n] = listener.sockets[index].fileno()
+        return fds
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        for index in range(1, self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if self._stopping:
+            return
+        argv = self.argv(index)
+        proto = _WorkerProtocol(self, index)
+        self.processes[index] = self.reactor.spawnProcess(
+            proto, argv[0], argv, env=self.env, childFDs=self.child_fds(index))
+        self.started_at[index] = self.reactor.seconds()
+        log.info("worker {index}: started, pid {pid}", index=index,
+                 pid=self.processes[index].pid)
+
+    def ended(self, index: int, reason: Any) -> None:
+        self.processes.pop(index, None)
+        if self._stopping:
+            log.info("worker {index}: stopped", index=index)
+            if not self.processes:
+                self._all_stopped()
+            return
+        ran = self.reactor.seconds() - self.started_at.get(index, 0.0)
+        failures = 0 if ran >= STABLE_AFTER else self.failures.get(index, 0) + 1
+        self.failures[index] = failures
+        delay = RESTART_DELAYS[min(max(failures - 1, 0), len(RESTART_DELAYS) - 1)]
+        log.error("worker {index}: exited ({reason}); starting it again in {delay:g} s",
+                  index=index, reason=reason.getErrorMessage(), delay=delay)
+        self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def signal(self, signame: str) -> None:
+        for process in list(self.processes.values()):
+            try:
+                process.signalProcess(signame)
+            except OSError:   # ProcessExitedAlready and friends: it is being replaced
+                pass
+            except Exception:  # noqa: BLE001
+                log.failure("signalling a worker")
+
+    def stopService(self) -> defer.Deferred:  # noqa: N802
+        super().stopService()
+        self._stopping = True
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        if not self.processes:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._stopped.append(d)
+        self.signal("TERM")
+        self._kill = self.reactor.callLater(WORKER_STOP_GRACE, self.signal, "KILL")
+        return d
+
+    def _all_stopped(self) -> None:
+        if self._kill is not None and self._kill.active():
+            self._kill.cancel()
+        waiting, self._stopped = self._stopped, []
+        for d in waiting:
+            d.callback(None)
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    """One worker's pipes: JSON log events on stdout, anything else on stderr."""
+
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self._out = b""
+        self._err = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        from twisted.logger import eventFromJSON, globalLogPublisher
+
+        self._out += data
+        *records, self._out = self._out.split(b"\x1e")
+        for record in records:
+            text = record.strip()
+            if not text:
+                continue
+            try:
+                event = eventFromJSON(text.decode("utf-8", "replace"))
+            except ValueError:
+                log.warn("worker {index}: {text}", index=self.index,
+                         text=text.decode("utf-8", "replace"))
+                continue
+            globalLogPublisher(event)
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802
+        self._err += data
+        *lines, self._err = self._err.split(b"\n")
+        for line in lines:
+            log.error("worker {index}: {line}", index=self.index,
+                      line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        self.supervisor.ended(self.index, reason)

@@ -21,7 +21,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "may be repeated. Without any listener option every available protocol listens "
         "on its standard port; with one, exactly the listeners given are started. "
         "--auth selects credential checkers (tried in the order given; default: the "
-        "user store, 'indimail'); see --help-auth.")
+        "user store, 'indimail'); see --help-auth. --workers N runs N processes that "
+        "share the listening sockets (tcp: listeners; the kernel spreads connections "
+        "over them) and each own every Nth queue; connection limits (MAXDAEMONS, "
+        "concurrencyincoming, MAXPERIP) then apply to each process.")
     optParameters = [
         ["root", "r", None,
          f"Data root (control/, tcp/, certs/, domains/, queue/, mail/, db/) "
@@ -32,6 +35,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "Threads doing the disk and database work of receiving and local delivery "
          "(queue commits, Maildir deliveries, the recipient check). Few keep the CPU "
          "cost per message low; raise it when fsync is slow (spinning disks)", int],
+        ["workers", None, 1,
+         "Processes to run (this one and N-1 it starts and supervises); worker k owns "
+         "queues QUEUE_START+k, +k+N, ... so QUEUE_COUNT must be at least N", int],
+        ["worker-index", None, 0,
+         "(internal: set by --workers for the processes it starts)", int],
+        ["listen-fds", None, None,
+         "(internal: the listening sockets a worker inherits, comma separated)"],
     ]
     optFlags = [
         ["log-debug", None,
@@ -43,6 +53,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def __init__(self) -> None:
         super().__init__()
         self["listeners"] = []
+        self.raw_args: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:  # noqa: N802
+        import sys
+
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_auth(self, description: str) -> None:
         """Credential checker TYPE[:ARGS], repeatable, tried in order [default: indimail]"""
@@ -57,6 +74,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def postOptions(self) -> None:  # noqa: N802
         if self["io-threads"] < 1:
             raise usage.UsageError("--io-threads: at least 1")
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers: at least 1")
+        if not 0 <= self["worker-index"] < self["workers"]:
+            raise usage.UsageError("--worker-index: between 0 and --workers - 1")
+        fds = self["listen-fds"]
+        try:
+            self["listen-fds"] = [int(fd) for fd in fds.split(",") if fd] if fds else []
+        except ValueError:
+            raise usage.UsageError(f"--listen-fds: not a list of numbers: {fds!r}") from None
         for name, description in self["listeners"]:
             spec = listeners.PROTOCOLS[name]
             if spec.build is None:
@@ -85,22 +111,22 @@ del _spec
 
 
 def makeService(options: Options):  # noqa: N802
-    from indimail_tw.service import IndiMailService, build_context
+    from indimail_tw.service import IndiMailService, add_listeners, build_context
 
     environ = dict(os.environ)
     paths = Paths.resolve(options["root"], environ, options["control-dir"])
+    workers, index = options["workers"], options["worker-index"]
     try:
         context = build_context(paths, environ, options.get("credCheckers") or None,
                                 log_debug=bool(options["log-debug"]),
-                                io_threads=options["io-threads"])
+                                io_threads=options["io-threads"], worker=(index, workers))
     except (StoreError, ConfigError, OSError) as e:
         raise SystemExit(f"indimail: cannot start: {e}") from None
+    count = context.config.current.queue_count
+    if workers > count:
+        raise SystemExit(f"indimail: --workers {workers} needs at least as many queues; "
+                         f"QUEUE_COUNT is {count}")
     root = IndiMailService(context)
-    for name, description in listeners.selected(options["listeners"]):
-        spec = listeners.PROTOCOLS[name]
-        try:
-            spec.builder()(context, spec, description).setServiceParent(root)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"indimail: cannot start the --{name} listener "
-                             f"{description!r}: {e}") from None
+    add_listeners(root, listeners.selected(options["listeners"]), options.raw_args,
+                  options["listen-fds"])
     return root

@@ -96,8 +96,10 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
 
     ``context`` is a :class:`indimail_tw.service.ServerContext`.  Queues live in
     ``queue_base`` (default ``paths.queue``) as ``queueN`` for N from
-    ``QUEUE_START`` to ``QUEUE_START + QUEUE_COUNT - 1``.  ``agents`` maps
-    queued).  Blocking disk work runs in the server's I/O pool (``context.io_pool``,
+    ``QUEUE_START`` to ``QUEUE_START + QUEUE_COUNT - 1``; with ``context.worker``
+    ``(k, n)`` (``--workers n``) this process takes the k-th, (k+n)-th, ... of them.
+    ``agents`` maps ``"local"``/``"remote"`` to IDeliveryAgent (or None: keep those
+    recipients queued).  Blocking disk work runs in the server's I/O pool (``context.io_pool``,
     started and stopped by the server) when there is one, else in a pool of this
     service of ``threads`` threads (default: 4 per queue, at least 32).
     """
@@ -107,6 +109,8 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
     settings = context.config.current
     base = settings.queue_base or context.paths.queue
     paths = queue_paths(base, settings.queue_start, settings.queue_count)
+    index, workers = getattr(context, "worker", (0, 1))
+    paths = paths[index::workers]           # --workers: every Nth queue is this process's
     pool = shared = getattr(context, "io_pool", None)
     if pool is None:
         pool = ThreadPool(minthreads=0, maxthreads=threads or max(32, 4 * len(paths)),

@@ -283,6 +283,13 @@ def implicit_tls_description(description: str) -> str | None:
 
 def build(context: Any, spec: Any, description: str) -> Any:
     """The listening service for ``spec`` (smtp, submission or smtps) on ``description``."""
+    factory, description = listener(context, spec, description)
+    return strports.service(description, factory, reactor=factory.clock)
+
+
+def listener(context: Any, spec: Any, description: str) -> tuple[SMTPFactory, str]:
+    """The factory for ``spec`` and the endpoint description to listen on: ``ssl:``
+    without TLS material becomes ``tcp:`` (the protocol starts TLS itself)."""
     reactor = context.reactor
     if reactor is None:
         from twisted.internet import reactor
@@ -299,4 +306,4 @@ def build(context: Any, spec: Any, description: str) -> Any:
         certificate=CertificateSource(cert, reactor.seconds),
         rules=RulesFile(context.paths.tcp, "tcp.smtp", now=reactor.seconds),
         clock=reactor)
-    return strports.service(description, factory, reactor=reactor)
+    return factory, description
