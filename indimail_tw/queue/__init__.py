@@ -26,7 +26,9 @@ S3   committed            ``info/ID`` + ``mess/ID``    deliveries; recipient sta
                                                        :mod:`.states`); all recipients
                                                        done or bounced -> S4
 S4   finishing            unlink ``info/ID``, fsync    unlink ``mess/ID``,
-                          ``info/``                    ``state/ID`` -> S0
+                          ``info/`` (the next commit   ``state/ID`` -> S0
+                          batch's, or within a
+                          second)
 ---  damaged              unreadable ``info/ID``, or   moved to ``corrupt/`` by
                           data missing/wrong size      recovery and logged, never
                                                        deleted

@@ -52,7 +52,7 @@ class Queue:
         self.spill_limit = spill_limit
         self.committer: Batcher[Prepared | Pending] = Batcher(run, self.store.commit,
                                                               parallel=commit_jobs)
-        self.journal = _Journal(Batcher(run, self.store.apply), self.name)
+        self.journal = _Journal(Batcher(run, self.store.apply), self.name, clock, self.store)
         self.scheduler = Scheduler(
             self.name, clock=clock, agents=agents, router=router, settings=settings,
             journal=self.journal, run=run,
@@ -136,14 +136,14 @@ class Queue:
         """Fires once deliveries in progress, commits and bookkeeping are finished."""
         d = self.scheduler.stop()
         d.addCallback(lambda _: self.committer.idle())
-        d.addCallback(lambda _: self.journal.idle())
+        d.addCallback(lambda _: self.journal.flush())
         return d
 
     def abandon(self) -> defer.Deferred:
         """Give up on deliveries in progress; fires once the disk work is finished."""
         self.scheduler.abandon()
         d = self.committer.idle()
-        d.addCallback(lambda _: self.journal.idle())
+        d.addCallback(lambda _: self.journal.flush())
         return d
 
     def close(self) -> None:
@@ -166,12 +166,20 @@ class Queue:
         return QueuedMessage(msg_id, envelope, self.store.mess_path(msg_id), size, self.name)
 
 
+#: Seconds after a removal by which its data is gone too when no commit batch came
+#: meanwhile to make the removal durable (see :meth:`QueueStore.apply`).
+REMOVAL_SYNC = 1.0
+
+
 class _Journal:
     """State lines and removals of one queue, applied in order in batches."""
 
-    def __init__(self, batcher: Batcher, name: str) -> None:
+    def __init__(self, batcher: Batcher, name: str, clock: Any, store: QueueStore) -> None:
         self.batcher = batcher
         self.name = name
+        self.clock = clock
+        self.store = store
+        self._timer: Any = None
 
     def record(self, msg_id: str, state: RecipientState) -> None:
         d = self.batcher.submit(("state", msg_id, records.encode_state(state.fields())))
@@ -179,7 +187,29 @@ class _Journal:
                                            queue=self.name, id=msg_id))
 
     def remove(self, msg_id: str) -> defer.Deferred:
-        return self.batcher.submit(("remove", msg_id, b""))
+        d = self.batcher.submit(("retire", msg_id, b""))
+        if self._timer is None:
+            self._timer = self.clock.callLater(REMOVAL_SYNC, self._sync)
+        return d
+
+    def _sync(self) -> None:
+        self._timer = None
+        if self.store.pending_removals:        # else a commit batch has done it
+            self._submit_sync()
+
+    def _submit_sync(self) -> defer.Deferred:
+        d = self.batcher.submit(("sync", "", b""))
+        d.addErrback(lambda f: log.failure("{queue}: removing finished messages' data", f,
+                                           queue=self.name))
+        return d
+
+    def flush(self) -> defer.Deferred:
+        """Fires once everything submitted is applied and every removal is complete."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._submit_sync()
+        return self.batcher.idle()
 
     def idle(self) -> defer.Deferred:
         return self.batcher.idle()
@@ -190,12 +220,15 @@ class QueueSet:
     """Several queues behind one IQueue: each injection goes to one of them.
 
     ``strategy`` is ``"random"`` (IndiMail's qmail-multi) or ``"least-loaded"``
-    (fewest messages held or being received; ties broken at random).  Bounces
-    made by any queue are injected through the set as well.
+    (fewest messages held or being received; ties broken at random).  With
+    ``hold`` seconds, a queue drawn at random takes every injection for that
+    long: messages received together are committed in the same batches and
+    share their directory fsyncs, while over time every queue gets its share.
+    Bounces made by any queue are injected through the set as well.
     """
 
     def __init__(self, queues: Sequence[Queue], *, strategy: str = "random",
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, hold: float = 0.0) -> None:
         if not queues:
             raise ValueError("a QueueSet needs at least one queue")
         if strategy not in ("random", "least-loaded"):
@@ -203,12 +236,22 @@ class QueueSet:
         self.queues = list(queues)
         self.strategy = strategy
         self.rng = rng or random.Random()
+        self.hold = hold
+        self._held: Queue | None = None
+        self._until = 0.0
         for queue in self.queues:
             queue.scheduler.inject = self.enqueue
 
     def pick(self) -> Queue:
-        if self.strategy == "random" or len(self.queues) == 1:
-            return self.rng.choice(self.queues)
+        if len(self.queues) == 1:
+            return self.queues[0]
+        if self.strategy == "random":
+            if self.hold <= 0:
+                return self.rng.choice(self.queues)
+            now = self.queues[0].clock.seconds()
+            if self._held is None or now >= self._until:
+                self._held, self._until = self.rng.choice(self.queues), now + self.hold
+            return self._held
         low = min(q.load for q in self.queues)
         return self.rng.choice([q for q in self.queues if q.load == low])
 

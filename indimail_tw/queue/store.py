@@ -13,6 +13,13 @@ Commit of a batch (one job, :meth:`QueueStore.commit`): each message's data and
 envelope are written and fsynced, then ``mess/`` is fsynced once, every
 ``tmp/NAME`` renamed to ``info/ID`` and ``info/`` fsynced once.  A message whose
 data came from a file object is prepared by a job of its own first.
+
+Removal of a delivered message (``retire`` in :meth:`QueueStore.apply`):
+``info/ID`` is unlinked (the message is gone); its data and state log are
+unlinked only after the next fsync of ``info/``, which the next commit batch
+makes anyway (or a ``sync`` op the queue sends when none comes soon).  So
+``mess/ID`` never disappears while ``info/ID`` could come back after a crash,
+and removals cost no directory fsync of their own under load.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import fcntl
 import itertools
 import os
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,6 +119,8 @@ class QueueStore:
         self.mess, self.tmp, self.info, self.state, self.corrupt = (
             os.path.join(self.path, sub) for sub in SUBDIRS)
         self._lock_fd: int | None = None
+        self._removals: list[str] = []         # see apply(); commit and journal jobs
+        self._removals_lock = threading.Lock()  # may run at once
 
     def mess_path(self, msg_id: str) -> str:
         return os.path.join(self.mess, msg_id)
@@ -235,15 +245,19 @@ class QueueStore:
             except OSError as e:
                 results[i] = e
                 self._forget(p)
+        removals = self._take_removals()        # this fsync makes them durable too
         try:
             fsutil.fsync_dir(self.info)
         except OSError as e:
+            self._give_back(removals)
             for i, p in enumerate(results):
                 if isinstance(p, Prepared):
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self.info, p.id))
                     self._forget(p)
                     results[i] = e
+            return results
+        self._finish_removals(removals)
         return results
 
     def _prepare_pending(self, p: Pending) -> Prepared | BaseException:
@@ -267,14 +281,18 @@ class QueueStore:
     # -- bookkeeping after commit -------------------------------------------------------------
 
     def apply(self, ops: Sequence[tuple[str, str, bytes]]) -> list[OSError | None]:
-        """Apply a batch of ``("state", id, line)`` and ``("remove", id, b"")`` ops.
+        """Apply a batch of ``("state", id, line)``, ``("remove", id, b"")``,
+        ``("retire", id, b"")`` and ``("sync", "", b"")`` ops.
 
         State lines are appended (no fsync: see :mod:`states`); lines of a message
-        removed in the same batch are skipped.  Removals take out every ``info/ID``
-        first, fsync ``info/`` once, then remove the rest.  Returns one entry per
-        op: None, or the error that op met.
+        removed in the same batch are skipped.  Both removals take out ``info/ID``
+        first (the message is gone) and its data and state log only after
+        ``info/`` has been fsynced.  ``remove`` does that fsync at the end of the
+        batch; ``retire`` (the server's, for delivered messages) leaves it to the
+        next commit batch, which fsyncs ``info/`` anyway, or to a ``sync`` op.
+        Returns one entry per op: None, or the error that op met.
         """
-        gone = {msg_id for op, msg_id, _ in ops if op == "remove"}
+        gone = {msg_id for op, msg_id, _ in ops if op in ("remove", "retire")}
         lines: dict[str, list[bytes]] = {}
         for op, msg_id, line in ops:
             if op == "state" and msg_id not in gone:
@@ -285,18 +303,49 @@ class QueueStore:
                 self._append_state(msg_id, b"".join(chunks))
             except OSError as e:
                 errors[msg_id] = e
-        if gone:
-            for msg_id in gone:
-                try:
-                    _unlink(os.path.join(self.info, msg_id))
-                except OSError as e:
-                    errors[msg_id] = e
-            fsutil.fsync_dir(self.info)
-            for msg_id in gone - set(errors):
-                with contextlib.suppress(OSError):      # harmless leftovers for recovery
-                    _unlink(self.mess_path(msg_id))
-                    _unlink(os.path.join(self.state, msg_id))
+        for msg_id in gone:
+            try:
+                _unlink(os.path.join(self.info, msg_id))
+            except OSError as e:
+                errors[msg_id] = e
+        with self._removals_lock:
+            self._removals.extend(msg_id for msg_id in gone if msg_id not in errors)
+        if any(op in ("sync", "remove") for op, _, _ in ops):
+            self.sync_removals()
         return [errors.get(msg_id) for _, msg_id, _ in ops]
+
+    def sync_removals(self) -> None:
+        """Make the removals so far durable (fsync ``info/``) and finish them."""
+        taken = self._take_removals()
+        if not taken:
+            return
+        try:
+            fsutil.fsync_dir(self.info)
+        except BaseException:
+            self._give_back(taken)
+            raise
+        self._finish_removals(taken)
+
+    @property
+    def pending_removals(self) -> int:
+        """Removed messages whose data and state log wait for an fsync of ``info/``."""
+        return len(self._removals)
+
+    def _take_removals(self) -> list[str]:
+        with self._removals_lock:
+            taken, self._removals = self._removals, []
+        return taken
+
+    def _give_back(self, taken: list[str]) -> None:
+        with self._removals_lock:
+            self._removals[:0] = taken
+
+    def _finish_removals(self, taken: list[str]) -> None:
+        """``info/ID`` of each is durably gone: its data and state log can go too."""
+        for msg_id in taken:
+            with contextlib.suppress(OSError):      # harmless leftovers for recovery
+                _unlink(self.mess_path(msg_id))
+                _unlink(os.path.join(self.state, msg_id))
 
     def _append_state(self, msg_id: str, data: bytes) -> None:
         fd = os.open(os.path.join(self.state, msg_id),

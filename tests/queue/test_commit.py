@@ -280,3 +280,54 @@ def test_envelope_file_is_the_commit_marker(tmp_path):
         env, size = decode_envelope(f.read())
     assert (env.sender, [r.address for r in env.recipients], size) == (
         "alice@example.com", ["bob@remote.test"], 2)
+
+
+def test_a_removal_is_finished_by_the_next_commits_directory_fsync(tmp_path, trace,
+                                                                    monkeypatch):
+    from tests.queue.helpers import Agent
+
+    real_unlink = os.unlink
+
+    def unlink(path):
+        trace.append(("unlink", path))
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    queue = make_queue(str(tmp_path / "queue1"), local=Agent())
+    first = result_of(queue.enqueue(Envelope.simple("s@x", "a@local.test"), b"one\n"))
+    s = queue.store
+    assert files(queue, "info") == [] and files(queue, "mess") == [first]   # delivered
+    assert s.pending_removals == 1
+    trace.clear()
+    second = result_of(queue.enqueue(ENV, b"two\n"))      # remote: stays queued
+    info_sync = trace.index(("fsync_dir", s.info))
+    assert trace.index(("unlink", s.mess_path(first))) > info_sync
+    assert files(queue, "mess") == [second] and s.pending_removals == 0
+
+
+def test_a_removal_without_commits_is_finished_within_a_second(tmp_path):
+    from indimail_tw.queue.queue import REMOVAL_SYNC
+    from tests.queue.helpers import Agent
+
+    queue = make_queue(str(tmp_path / "queue1"), local=Agent())
+    msg_id = result_of(queue.enqueue(Envelope.simple("s@x", "a@local.test"), b"one\n"))
+    assert files(queue, "mess") == [msg_id]
+    queue.clock.advance(REMOVAL_SYNC)
+    assert files(queue, "mess") == [] and queue.store.pending_removals == 0
+    assert not queue.clock.getDelayedCalls()
+
+
+def test_stopping_finishes_removals(tmp_path):
+    from tests.queue.helpers import Agent
+
+    queue = make_queue(str(tmp_path / "queue1"), local=Agent())
+    result_of(queue.enqueue(Envelope.simple("s@x", "a@local.test"), b"one\n"))
+    result_of(queue.stop())
+    assert files(queue, "mess") == [] and not queue.clock.getDelayedCalls()
+
+
+def test_the_tools_remove_at_once(tmp_path):
+    queue = make_queue(str(tmp_path / "queue1"))
+    msg_id = result_of(queue.enqueue(ENV, b"x\n"))
+    assert queue.store.apply([("remove", msg_id, b"")]) == [None]
+    assert files(queue, "info") == files(queue, "mess") == []

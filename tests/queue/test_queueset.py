@@ -30,6 +30,20 @@ def test_random_spreading_uses_every_queue(tmp_path):
     assert qs.load == 60
 
 
+def test_random_with_hold_keeps_a_queue_for_a_while(tmp_path):
+    clock = Clock()
+    queues = [make_queue(str(tmp_path / f"queue{i}"), clock=clock) for i in range(1, 4)]
+    qs = QueueSet(queues, rng=random.Random(7), hold=0.1)
+    runs = []
+    for _ in range(40):
+        picked = [qs.pick().name for _ in range(5)]     # messages arriving together
+        assert len(set(picked)) == 1
+        runs.append(picked[0])
+        clock.advance(0.1)
+    assert sorted(set(runs)) == ["queue1", "queue2", "queue3"]    # all get their share
+    assert QueueSet(queues[:1], hold=0.1).pick() is queues[0]
+
+
 def test_least_loaded_spreading_balances(tmp_path):
     qs = queue_set(tmp_path, strategy="least-loaded")
     for _ in range(30):

@@ -11,6 +11,7 @@ from indimail_tw.errors import MailError
 from indimail_tw.queue import DONE, FAILED, PENDING, Envelope
 from indimail_tw.queue.records import encode_state
 from indimail_tw.queue.store import QueueLocked
+from indimail_tw.queue.queue import REMOVAL_SYNC
 from tests.queue.helpers import Agent, Bounces, files, make_queue, result_of
 
 ENV = Envelope.simple("alice@example.com", "a@local.test", "b@local.test", "c@local.test")
@@ -103,7 +104,9 @@ def test_a_delivery_in_progress_at_a_crash_is_done_again(tmp_path):
     q2 = make_queue(path, clock=q.clock, local=agent2)
     assert agent2.addresses() == ["b@local.test", "c@local.test"]   # at-least-once
     assert msg_id not in q2.scheduler.messages
-    assert msg_id not in files(q2, "info") and msg_id not in files(q2, "mess")
+    assert msg_id not in files(q2, "info")
+    q2.clock.advance(REMOVAL_SYNC)                     # its data goes after an fsync
+    assert msg_id not in files(q2, "mess")
 
 
 def test_a_finished_message_left_behind_by_a_crash_is_removed(tmp_path):
@@ -115,8 +118,9 @@ def test_a_finished_message_left_behind_by_a_crash_is_removed(tmp_path):
     crash(q)
     agent = Agent()
     q2 = make_queue(path, local=agent)
-    assert agent.calls == []
-    assert files(q2, "info") == [] and files(q2, "mess") == [] and files(q2, "state") == []
+    assert agent.calls == [] and files(q2, "info") == []
+    q2.clock.advance(REMOVAL_SYNC)
+    assert files(q2, "mess") == [] and files(q2, "state") == []
 
 
 def test_a_cut_state_line_means_the_previous_state(tmp_path):

@@ -8,6 +8,7 @@ from twisted.logger import formatEvent
 
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.queue import Envelope
+from indimail_tw.queue.queue import REMOVAL_SYNC
 from indimail_tw.queue.states import EXPIRED_NOTE, next_retry
 from tests.queue.helpers import Agent, Bounces, files, make_queue, result_of, settings
 
@@ -272,5 +273,7 @@ def test_the_last_delivery_writes_no_state_line_only_the_removal(tmp_path, monke
                                                                       real(batch))[1])
     msg_id = result_of(q.enqueue(Envelope.simple("s@x", "a@local.test", "b@local.test"),
                                  b"m\n"))
-    assert [op[:2] for op in ops] == [("state", msg_id), ("remove", msg_id)]
-    assert files(q, "state") == [] and files(q, "info") == []
+    assert [op[:2] for op in ops] == [("state", msg_id), ("retire", msg_id)]
+    assert files(q, "info") == []
+    q.clock.advance(REMOVAL_SYNC)
+    assert files(q, "state") == [] and files(q, "mess") == []
