@@ -5,6 +5,7 @@
 # Needs root for Postfix (apt-get install postfix); run from the repository root:
 #   bench/run_smtp_bench.sh            (defaults: 20 sessions, 5000 messages, 2048 bytes)
 #   OUR_ARGS="--workers 2" bench/run_smtp_bench.sh     (options for 'twistd indimail')
+#   SETTLE=0 skips the wait after removing the previous run's data (see below)
 set -euo pipefail
 SESSIONS=${SESSIONS:-20}; MESSAGES=${MESSAGES:-5000}; SIZE=${SIZE:-2048}; ROUNDS=${ROUNDS:-1}
 OUR_PORT=${OUR_PORT:-2525}; PF_PORT=${PF_PORT:-2526}
@@ -14,8 +15,17 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 echo "machine: $(nproc) CPUs, $(uname -r), $(df -hT /var/tmp | awk 'NR==2{print $2" on "$1}')"
 
+# Both servers start from empty mail stores: old data goes first, then the script
+# waits SETTLE seconds (default: the kernel's dirty_expire_centisecs/100 + 5).  ext4
+# without a journal (as on the reference machine) does not reuse an inode freed that
+# recently and scans past every such inode for each file it creates, so whichever
+# server ran right after a mass deletion would pay for it.
+postfix stop >/dev/null 2>&1 || true
+rm -rf "$ROOT" "$PFBASE/mail"
+SETTLE=${SETTLE:-$(( $(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || echo 3000) / 100 + 5 ))}
+sleep "$SETTLE"
+
 # indimail_tw: a root with bench.test and user1..user10
-rm -rf "$ROOT"
 "$PY" - "$ROOT" <<'PYEOF'
 import sys
 from indimail_tw.admin.site import Site
