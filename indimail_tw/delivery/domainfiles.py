@@ -5,12 +5,15 @@ Every delivery and every checked RCPT needs the same facts about
 the catch-all handler of its ``.qmail-default``.  :class:`DomainFiles` reads
 them once and again only when they change, so a use costs a ``stat`` of the
 directory and one of ``.qmail-default`` instead of a listing, an open and a
-read.  The listing is compared by the directory's inode and modification time
-(adding, removing or renaming a file changes it), the catch-all by the file's
-inode, modification time and size (an edit in place changes them).  What was
-read less than :data:`RACY` seconds after its last change is read again next
-time, because a second change within the same clock tick would leave the time
-as it was.
+read, and within :data:`RECHECK` seconds of the last check not even that (as
+the TLS certificate is checked at most once a second): a change is seen within
+that time (a missing directory is looked for every time).  The listing is
+compared by the directory's inode and modification time (adding, removing or
+renaming a file changes it), the catch-all by the file's inode, modification
+time and size (an edit in place changes them).
+What was read less than :data:`RACY` seconds after its last change is read
+again next time, because a second change within the same clock tick would
+leave the time as it was.
 
 Blocking file I/O: call it in a thread.
 """
@@ -27,6 +30,7 @@ from indimail_tw.delivery.catchall import QMAIL_DEFAULT, CatchAll, parse_qmail_d
 
 PREFIX = ".qmail-"
 RACY = 2.0
+RECHECK = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,14 @@ class _Seen:
 class DomainFiles:
     """The domain directories under ``domains_dir`` (see the module docstring)."""
 
-    def __init__(self, domains_dir: str, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, domains_dir: str, now: Callable[[], float] = time.time,
+                 recheck: float = RECHECK) -> None:
         self.domains_dir = domains_dir
         self._now = now
+        self.recheck = recheck
         self._listings: dict[str, _Seen] = {}
         self._catchalls: dict[str, _Seen] = {}
+        self._checked: dict[str, tuple[float, DomainDir]] = {}
 
     def directory(self, domain: str) -> str:
         return os.path.join(self.domains_dir, domain)
@@ -69,6 +76,18 @@ class DomainFiles:
         could leave ``domains_dir``)."""
         if not domain or "/" in domain or domain.startswith("."):
             return MISSING
+        checked = self._checked.get(domain)
+        now = self._now()
+        if checked is not None and 0 <= now - checked[0] < self.recheck:
+            return checked[1]
+        found = self._look(domain)
+        if found.exists:        # a missing domain is looked for again every time
+            self._checked[domain] = (now, found)
+        else:
+            self._checked.pop(domain, None)
+        return found
+
+    def _look(self, domain: str) -> DomainDir:
         path = self.directory(domain)
         try:
             st = os.stat(path)

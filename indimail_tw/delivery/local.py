@@ -252,12 +252,21 @@ class LocalDeliveryAgent:
             job.real_domain, job.domain_dir = domain, os.path.join(self.domains_dir, domain)
             return facts
         try:
-            user, real = self.store.get_user_now(local, domain)
+            # the user row and the valias lines that go with it, in one read
+            user, real, lines = self.store.get_user_and_aliases_now(local, domain)
             if user is None and job.opts.qmail_ext and "-" in local:
-                user, real = self.store.get_user_now(local.split("-", 1)[0], domain)
-        except StoreError as e:
-            facts.lookup_error = e
-            return facts
+                found = self.store.get_user_and_aliases_now(local.split("-", 1)[0], domain)
+                if found[0] is not None:
+                    user, real, lines = found
+        except StoreError:
+            lines = None        # read them one by one, to tell which read failed
+            try:
+                user, real = self.store.get_user_now(local, domain)
+                if user is None and job.opts.qmail_ext and "-" in local:
+                    user, real = self.store.get_user_now(local.split("-", 1)[0], domain)
+            except StoreError as e:
+                facts.lookup_error = e
+                return facts
         facts.user, facts.real = user, real
         if real != domain or not info.exists:
             info = self._domain_info(real, None)
@@ -266,19 +275,24 @@ class LocalDeliveryAgent:
             return facts
         job.real_domain, job.domain_dir = real, os.path.join(self.domains_dir, real)
         if user is None:
-            try:
-                facts.lines = self.store.alias_lines_now(local, real)
-            except StoreError as e:
-                facts.lines_error = e
+            facts.lines = lines
+            if lines is None:
+                try:
+                    facts.lines = self.store.alias_lines_now(local, real)
+                except StoreError as e:
+                    facts.lines_error = e
         elif (user.active or job.opts.allow_inactive) and not user.gid & Flags.BOUNCE_MAIL:
-            self._look_user(job, user, facts)
+            self._look_user(job, user, facts, lines)
         return facts
 
-    def _look_user(self, job: Job, user: User, facts: _Facts) -> _Facts:
+    def _look_user(self, job: Job, user: User, facts: _Facts,
+                   lines: list[str] | None = None) -> _Facts:
         """The blocking part of :meth:`_deliver_user` after the BOUNCE_MAIL check (in a
-        thread): valias lines, the ``.qmail``, and else the Maildir delivery itself."""
+        thread): valias lines (unless ``lines`` has them), the ``.qmail``, and else the
+        Maildir delivery itself."""
         try:
-            facts.lines = self.store.alias_lines_now(user.name, job.real_domain)
+            facts.lines = (lines if lines is not None
+                           else self.store.alias_lines_now(user.name, job.real_domain))
         except StoreError as e:
             facts.lines_error = e
             return facts

@@ -44,6 +44,12 @@ def _lookup(txn: Txn, name: str, domain: str) -> tuple[User | None, str]:
     return REPOS.users.get(txn, name, real), real
 
 
+def _lookup_with_aliases(txn: Txn, name: str, domain: str
+                         ) -> tuple[User | None, str, list[str]]:
+    user, real = _lookup(txn, name, domain)
+    return user, real, REPOS.aliases.lines(txn, user.name if user else name, real)
+
+
 @implementer(IUserStore)
 class UserStore:
     """Deferred-returning access to the user database."""
@@ -63,6 +69,12 @@ class UserStore:
     def get_user_now(self, name: str, domain: str) -> tuple[User | None, str]:
         """:meth:`get_user`, blocking (call it in a worker thread)."""
         return self.engine.run_read(_lookup, name, domain)
+
+    def get_user_and_aliases_now(self, name: str, domain: str
+                                 ) -> tuple[User | None, str, list[str]]:
+        """(user, real domain, valias lines) in one read, blocking: the lines are those
+        of the user when there is one, else of ``name`` (in the real domain)."""
+        return self.engine.run_read(_lookup_with_aliases, name, domain)
 
     def alias_lines_now(self, alias: str, domain: str) -> list[str]:
         """:meth:`alias_lines`, blocking (call it in a worker thread)."""

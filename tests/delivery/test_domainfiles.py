@@ -19,6 +19,20 @@ def domains(tmp_path):
     return str(tmp_path / "domains")
 
 
+class Now:
+    """A clock for DomainFiles that a test moves on (from the real time)."""
+
+    def __init__(self) -> None:
+        import time
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def later(self, seconds: float = domainfiles.RECHECK) -> None:
+        self.t += seconds
+
+
 def age(path: str, seconds: float = 10) -> None:
     """Set the modification time back (as an old file or directory has it)."""
     st = os.stat(path)
@@ -44,44 +58,58 @@ def reads(monkeypatch):
     return counts
 
 
-def test_reads_once_while_nothing_changes(domains, reads):
+def test_reads_once_while_nothing_changes(domains, reads, monkeypatch):
     directory = os.path.join(domains, "example.com")
     age(os.path.join(directory, ".qmail-default"))
     age(directory)
-    files = DomainFiles(domains)
+    now = Now()
+    files = DomainFiles(domains, now=now)
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(domainfiles.os, "stat", lambda p: (stats.append(p), real_stat(p))[1])
     for _ in range(3):
-        found = files.get("example.com")
-        assert found.exists and found.names == {".qmail-default"}
-        assert found.catchall.kind == "bounce"
+        for _ in range(3):
+            found = files.get("example.com")
+            assert found.exists and found.names == {".qmail-default"}
+            assert found.catchall.kind == "bounce"
+        now.later()
     assert reads == {"listdir": 1, "open": 1}
+    assert len(stats) == 3 * 2          # the directory and the file, once per recheck time
 
 
-def test_new_files_and_edits_in_place_are_seen(domains, reads):
+def test_new_files_and_edits_in_place_are_seen_after_the_recheck_time(domains, reads):
     directory = os.path.join(domains, "example.com")
     default = os.path.join(directory, ".qmail-default")
     age(default)
     age(directory)
-    files = DomainFiles(domains)
+    now = Now()
+    files = DomainFiles(domains, now=now)
     assert files.get("example.com").catchall.kind == "bounce"
     with open(os.path.join(directory, ".qmail-list"), "w") as f:
         f.write("&a@example.net\n")
+    assert ".qmail-list" not in files.get("example.com").names      # not checked again yet
+    now.later()
     assert ".qmail-list" in files.get("example.com").names          # the directory changed
     with open(default, "w") as f:                                   # the same name
         f.write(qmail_default_line("delete"))
+    now.later()
     assert files.get("example.com").catchall.kind == "delete"
     os.unlink(default)
+    now.later()
     assert files.get("example.com").catchall is None
 
 
 def test_a_change_within_the_clock_tick_is_not_missed(domains):
     directory = os.path.join(domains, "example.com")
     default = os.path.join(directory, ".qmail-default")
-    files = DomainFiles(domains)
+    now = Now()
+    files = DomainFiles(domains, now=now)
     assert files.get("example.com").catchall.kind == "bounce"       # read just after a change
     st = os.stat(default)
     with open(default, "w") as f:                                   # same size, same times
         f.write(qmail_default_line("deletx"))
     os.utime(default, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now.later(0.5 + domainfiles.RECHECK)
     assert files.get("example.com").catchall.handler == "deletx"
 
 
@@ -95,3 +123,5 @@ def test_missing_and_unsafe_names(domains, tmp_path):
     os.unlink(os.path.join(domains, "example.com", ".qmail-default"))
     found = files.get("example.com")
     assert found.exists and found.catchall is None
+    os.makedirs(os.path.join(domains, "new.test"))
+    assert files.get("new.test").exists                    # not remembered as missing

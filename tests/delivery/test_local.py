@@ -162,6 +162,44 @@ class LookupMariaDBTests(LookupTestsMixin, unittest.TestCase):
     backend = "mysql"
 
 
+class OneReadTests(DeliverySite, unittest.TestCase):
+    """The user row and its valias lines come in one read; after a failed combined
+    read they are read one by one, so each failure keeps its own report."""
+
+    @defer.inlineCallbacks
+    def test_one_read_for_user_and_aliases(self):
+        alice = self.add_user("alice")
+        reads = []
+        real = self.engine.run_read
+        self.patch(self.engine, "run_read", lambda fn, *a: (reads.append(fn.__name__),
+                                                            real(fn, *a))[1])
+        result = yield self.deliver("alice@example.com")
+        self.assertDelivered(result, alice.maildir)
+        self.assertEqual(reads, ["_lookup_with_aliases"])
+
+    @defer.inlineCallbacks
+    def test_a_failed_combined_read_is_done_one_by_one(self):
+        from indimail_tw.errors import StoreUnavailable
+
+        alice = self.add_user("alice")
+        self.add_alias("sales", "&alice@example.com")
+
+        def down(*a):
+            raise StoreUnavailable("busy")
+
+        self.patch(self.store, "get_user_and_aliases_now", down)
+        result = yield self.deliver("alice@example.com")
+        self.assertDelivered(result, alice.maildir)
+        result = yield self.deliver("sales@example.com")
+        self.assertTrue(result.is_ok, result)
+        self.assertEqual([e.recipients[0].address for e, _ in self.queue.messages],
+                         ["alice@example.com"])
+        self.patch(self.store, "alias_lines_now", down)
+        result = yield self.deliver("sales@example.com")
+        self.assertEqual((result.is_temporary, result.text),
+                         (True, "temporary database error. (#4.4.3)"))
+
+
 class DatabaseDownTests(DeliverySite, unittest.TestCase):
     @defer.inlineCallbacks
     def test_unreachable_database_is_temporary(self):

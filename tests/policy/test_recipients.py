@@ -121,7 +121,6 @@ def test_one_job_per_recipient_with_the_servers_store(tmp_path):
     from twisted.internet import defer
 
     from indimail_tw.policy import default_checks
-    from indimail_tw.policy.base import SMTPPolicy
     from indimail_tw.storage.engine import SQLiteEngine
     from indimail_tw.storage.store import REPOS, UserStore
     from indimail_tw.storage.users import User
