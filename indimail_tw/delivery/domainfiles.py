@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from indimail_tw.delivery.catchall import QMAIL_DEFAULT, CatchAll, parse_qmail_default
+from indimail_tw.delivery.dotqmail import DotQmail, check_home, read_dot_qmail
 
 PREFIX = ".qmail-"
 RACY = 2.0
@@ -127,3 +128,42 @@ class DomainFiles:
         value = read()
         table[path] = _Seen(stamp, value, self._now() - mtime < RACY)
         return value
+
+
+class HomeQmail:
+    """A user's ``.qmail`` as qmail-local reads it (a sticky home defers the
+    delivery), with its absence remembered: most users have none, and creating one
+    changes the home directory's time.  A home checked less than :data:`RECHECK` seconds ago is not
+    looked at again; after that a ``stat`` of it (the sticky check qmail-local makes
+    anyway) shows whether anything changed.  An existing ``.qmail`` is read every
+    time.  Blocking: call it in a thread."""
+
+    def __init__(self, now: Callable[[], float] = time.time,
+                 recheck: float = RECHECK) -> None:
+        self._now = now
+        self.recheck = recheck
+        self._absent: dict[str, tuple[float, tuple]] = {}   # home -> (checked, stamp)
+
+    def read(self, home: str) -> DotQmail | None:
+        if not home:
+            return None
+        now = self._now()
+        seen = self._absent.get(home)
+        if seen is not None and 0 <= now - seen[0] < self.recheck:
+            return None
+        st = check_home(home)
+        stamp = (st.st_ino, st.st_mtime_ns) if st is not None else None
+        if seen is not None and stamp is not None and seen[1] == stamp:
+            self._absent[home] = (now, stamp)
+            return None
+        qmail = read_dot_qmail(os.path.join(home, ".qmail"))
+        if qmail is None and stamp is not None and now - st.st_mtime >= RACY:
+            if len(self._absent) >= _MAX_HOMES:
+                self._absent.clear()
+            self._absent[home] = (now, stamp)
+        else:
+            self._absent.pop(home, None)
+        return qmail
+
+
+_MAX_HOMES = 100_000

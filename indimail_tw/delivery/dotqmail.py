@@ -89,18 +89,20 @@ class DotQmail:
                        for line in self.lines)
 
 
-def check_home(home: str) -> None:
-    """Defer when the home directory is sticky (qmail's "safe editing" switch)."""
+def check_home(home: str) -> os.stat_result | None:
+    """Defer when the home directory is sticky (qmail's "safe editing" switch);
+    its stat, or None when it does not exist."""
     try:
         st = os.stat(home)
     except FileNotFoundError:
-        return
+        return None
     except OSError as e:
         raise DotQmailError(f"Unable to stat home directory: {e.strerror}. (#4.3.0)",
                             "4.3.0") from e
     if st.st_mode & stat.S_ISVTX:
         raise DotQmailError(
             "Home directory is sticky: user is editing his .qmail file. (#4.2.1)", "4.2.1")
+    return st
 
 
 def read_dot_qmail(path: str) -> DotQmail | None:

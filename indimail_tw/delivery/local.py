@@ -40,7 +40,7 @@ from zope.interface import implementer
 from indimail_tw.auth.flags import Flags
 from indimail_tw.delivery import dotqmail as dq
 from indimail_tw.delivery.catchall import CatchAll
-from indimail_tw.delivery.domainfiles import DomainFiles
+from indimail_tw.delivery.domainfiles import DomainFiles, HomeQmail
 from indimail_tw.delivery.mailbox import (
     AUTO, MailboxOutcome, deliver_to_maildir, locked_account,
 )
@@ -52,7 +52,7 @@ from indimail_tw.delivery.program import qmail_environment, run_program
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.delivery.steps import (
     Job, LocalOptions, Precheck, clear_bounce_mail_txn, header_text, mark_over_quota_txn,
-    precheck, qmail_address, read_user_qmail, split_address, user_quota,
+    precheck, qmail_address, split_address, user_quota,
 )
 from indimail_tw.errors import StoreError
 from indimail_tw.interfaces import IDeliveryAgent
@@ -127,6 +127,7 @@ class LocalDeliveryAgent:
         self.store = store
         self.domains_dir = domains_dir
         self.domain_files = DomainFiles(domains_dir)
+        self.home_qmail = HomeQmail()
         self._settings = _getter(settings)
         self._queue = _getter(queue)
         self._reactor = reactor
@@ -299,7 +300,7 @@ class LocalDeliveryAgent:
         if facts.lines:
             return facts
         try:
-            facts.qmail = read_user_qmail(user.dir)
+            facts.qmail = self.home_qmail.read(user.dir)
         except dq.DotQmailError as e:
             facts.qmail_error = e
             return facts

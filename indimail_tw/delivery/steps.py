@@ -5,7 +5,6 @@ in threads (or, for the ``*_txn`` ones, in the database pool).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 from twisted.logger import Logger
 
 from indimail_tw.auth.flags import Flags
-from indimail_tw.delivery import dotqmail as dq
 from indimail_tw.delivery.mailbox import QuotaPolicy
 from indimail_tw.delivery.message import HeaderScan, dtline_address, read_message_header
 from indimail_tw.maildir import quota as mq
@@ -158,13 +156,6 @@ def _blackholed(settings: Any, sender: str) -> bool:
             domain and settings.in_list("blackholedsender", "@" + domain))
     except Exception:  # noqa: BLE001 - a broken cdb never loses mail
         return False
-
-
-def read_user_qmail(home: str) -> dq.DotQmail | None:
-    if not home:
-        return None
-    dq.check_home(home)
-    return dq.read_dot_qmail(os.path.join(home, ".qmail"))
 
 
 def user_quota(user: User) -> mq.Quota | None:

@@ -125,3 +125,33 @@ def test_missing_and_unsafe_names(domains, tmp_path):
     assert found.exists and found.catchall is None
     os.makedirs(os.path.join(domains, "new.test"))
     assert files.get("new.test").exists                    # not remembered as missing
+
+
+def test_a_missing_dot_qmail_is_remembered_until_the_home_changes(tmp_path):
+    from indimail_tw.delivery.domainfiles import HomeQmail
+    from indimail_tw.delivery.dotqmail import DotQmailError
+
+    home = str(tmp_path / "alice")
+    os.mkdir(home)
+    age(home)
+    now = Now()
+    homes = HomeQmail(now=now)
+    assert homes.read(home) is None
+    qmail = os.path.join(home, ".qmail")
+    with open(qmail, "w") as f:
+        f.write("&bob@example.net\n")
+    assert homes.read(home) is None                 # within the recheck time
+    now.later()
+    assert homes.read(home).lines[0] == "&bob@example.net"      # the home changed
+    with open(qmail, "w") as f:                     # an existing .qmail: read each time
+        f.write("./Maildir/\n")
+    assert homes.read(home).lines[0] == "./Maildir/"
+    os.unlink(qmail)
+    os.chmod(home, 0o1700)
+    now.later()
+    with pytest.raises(DotQmailError) as e:
+        homes.read(home)
+    assert "sticky" in e.value.text
+    os.chmod(home, 0o700)
+    assert homes.read(home) is None and homes.read("") is None
+    assert homes.read(str(tmp_path / "nobody")) is None    # no home: nothing to read
