@@ -26,7 +26,7 @@ setup(
         "bcrypt",
         "cdbx",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "wheel", "setuptools", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "wheel", "setuptools", "ruff", "imapclient"]},
     entry_points={
         "console_scripts": [
             f"{name}=indimail_tw.admin.{name}:main" for name in ADMIN_TOOLS
