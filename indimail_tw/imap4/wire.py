@@ -126,3 +126,31 @@ def mailbox(name: str, utf8: bool = False) -> bytes:
         return b"INBOX"
     encoded = name.encode("utf-8") if utf8 else mutf7_encode(name)
     return astring(encoded, utf8)
+
+
+# -- response lines ----------------------------------------------------------
+
+def tagged(tag: bytes, status: str, text: str, code: str | bytes | None = None) -> bytes:
+    """``tag OK [CODE] text`` + CRLF; status is OK, NO or BAD."""
+    return b"%s %s %s" % (tag, status.encode("ascii"), _with_code(text, code)) + CRLF
+
+
+def untagged(data: bytes | str) -> bytes:
+    """``* data`` + CRLF (data already encoded)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return b"* " + data + CRLF
+
+
+def untagged_status(status: str, text: str, code: str | bytes | None = None) -> bytes:
+    """``* OK [CODE] text`` + CRLF."""
+    return b"* %s %s" % (status.encode("ascii"), _with_code(text, code)) + CRLF
+
+
+def _with_code(text: str, code: str | bytes | None) -> bytes:
+    body = text.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+    if code is None:
+        return body
+    if isinstance(code, str):
+        code = code.encode("utf-8")
+    return b"[" + code + b"] " + body
