@@ -46,6 +46,7 @@ class Queue:
                  spill_limit: int = SPILL_LIMIT, debug: bool = False,
                  commit_jobs: int = 1) -> None:
         self.store = QueueStore(path)
+        self.settings = settings
         self.name = name or path.rstrip("/").rpartition("/")[2]
         self.clock = clock
         self.run = run
@@ -150,6 +151,12 @@ class Queue:
         self.store.close()
 
     # -- called by writers ------------------------------------------------------------------------
+
+    def extra_recipients(self) -> tuple[str, ...]:
+        """``extraqueue`` / ``EXTRAQUEUE``: addresses that get a copy of every message
+        entering this queue, from any receiver, local forwards and bounces alike
+        (as qmail-queue adds them to every envelope it writes)."""
+        return tuple(getattr(self.settings(), "extraqueue", ()) or ())
 
     def committed(self, prepared: Prepared) -> None:
         """A message is durable: log it (qmail-send's ``new msg`` and ``info msg`` lines

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from indimail_tw.errors import MailError, temporary_failure
 from indimail_tw.interfaces import IMessageWriter
-from indimail_tw.queue.envelope import Envelope
+from indimail_tw.queue.envelope import Envelope, Recipient
 from indimail_tw.queue.store import DataFile, Pending, new_tmp_name
 
 if TYPE_CHECKING:
@@ -46,6 +46,24 @@ def storage_error(failure: Failure) -> Failure:
         return Failure(MailError(452, "4.3.1", "insufficient system storage", cause=error))
     log.failure("queue write failed", failure)
     return Failure(temporary_failure(error))
+
+
+def with_extra_recipients(recipients: list[Recipient],
+                          extra: tuple[str, ...]) -> list[Recipient]:
+    """qmail-queue's ``EXTRAQUEUE``: the extra addresses come first, then the
+    message's own recipients.  An address already among them is not added twice
+    (qmail-queue would deliver it twice); blank lines are ignored."""
+    out = list(recipients)
+    if not extra:
+        return out
+    have = {r.address.lower() for r in recipients}
+    added = []
+    for address in extra:
+        address = address.strip()
+        if address and address.lower() not in have:
+            have.add(address.lower())
+            added.append(Recipient(address))
+    return added + out
 
 
 @implementer(IMessageWriter)
@@ -163,8 +181,10 @@ class MessageWriter:
         envelope = self.envelope
         if not envelope.received_at:
             envelope = dataclasses.replace(envelope, received_at=self.queue.clock.seconds())
-        envelope = dataclasses.replace(envelope, recipients=list(envelope.recipients),
-                                       extra=dict(envelope.extra))
+        envelope = dataclasses.replace(
+            envelope, recipients=with_extra_recipients(envelope.recipients,
+                                                       self.queue.extra_recipients()),
+            extra=dict(envelope.extra))
         store, name = self.queue.store, new_tmp_name()
         if self._source is not None:
             d = self.queue.run(store.prepare, self._data, self._take(), envelope, name,
