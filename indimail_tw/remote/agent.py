@@ -255,12 +255,7 @@ class RemoteDeliveryAgent:
         if self._mx is None:
             resolver = self._resolver
             if resolver is None:
-                from twisted.names import client
-
-                if self._dns_servers:
-                    resolver = client.Resolver(servers=self._dns_servers, reactor=self.reactor)
-                else:
-                    resolver = client.createResolver(reactor=self.reactor)
+                resolver = system_resolver(self.reactor, self._dns_servers)
             self._mx = MXResolver(resolver, self._rng)
         return self._mx
 
@@ -437,6 +432,22 @@ class RemoteDeliveryAgent:
         self._open.add(proto)
         proto.closed.addCallback(lambda _: self._open.discard(proto))
         return proto
+
+
+def system_resolver(reactor: Any, servers: Sequence[tuple[str, int]] | None = None) -> Any:
+    """The resolver of a running server: ``/etc/hosts``, a cache, then the name servers
+    of ``/etc/resolv.conf``, all on ``reactor``; with ``servers``, just those.
+
+    What ``twisted.names.client.createResolver`` builds, except that it takes the
+    reactor to use (createResolver always uses the global one).
+    """
+    from twisted.names import cache, client, hosts, resolve
+
+    if servers:
+        return client.Resolver(servers=list(servers), reactor=reactor)
+    dns = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+    return resolve.ResolverChain([hosts.Resolver(file=b"/etc/hosts"),
+                                  cache.CacheResolver(reactor=reactor), dns])
 
 
 def _tls_decisions(certs: str, hosts: list[str], domain: str,

@@ -144,7 +144,9 @@ class MXResolver:
             try:
                 _canonical, records = await self._records(kind, host)
             except _NXDomain:
-                return [], False
+                # keep what A found: /etc/hosts may know the IPv4 address of a name
+                # whose AAAA query then goes to DNS and gets NXDOMAIN
+                return ips, False
             except _Temporary:
                 soft = True
                 continue

@@ -141,3 +141,16 @@ def test_relay_host_uses_a_records_not_mx():
     with pytest.raises(Unroutable) as info:
         run(MXResolver(resolver).host_candidates("missing.example"))
     assert info.value.result.is_permanent
+
+
+class _HostsThenDNS(FakeResolver):
+    """A names the host (as /etc/hosts would); AAAA goes to DNS: NXDOMAIN."""
+
+    def lookupIPV6Address(self, name, timeout=None):  # noqa: N802
+        return defer.fail(dns_error.DNSNameError(name))
+
+
+def test_an_nxdomain_for_aaaa_keeps_the_a_addresses():
+    resolver = MXResolver(_HostsThenDNS({"relay.example": [a("192.0.2.9")]}))
+    (c,) = run(resolver.host_candidates("relay.example"))
+    assert (c.host, c.ip) == ("relay.example", "192.0.2.9")

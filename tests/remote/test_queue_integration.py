@@ -84,3 +84,30 @@ class BuildTests(unittest.TestCase):
         other = build_remote_agent(context, resolver=object())
         self.addCleanup(other.stop)
         self.assertEqual(other.tcpto.path, os.path.join(h.root, "q2", "tcpto"))
+
+    def test_without_a_resolver_the_system_one_is_built_on_the_agents_reactor(self):
+        # regression: twisted.names.client.createResolver takes no reactor argument, so
+        # the first delivery of a running server failed with a TypeError
+        from twisted.internet.testing import MemoryReactorClock
+
+        h = Harness()
+        self.addCleanup(h.close)
+        class UDPRecorder(MemoryReactorClock):
+            def __init__(self):
+                super().__init__()
+                self.udp = []
+
+            def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):  # noqa
+                self.udp.append(protocol)
+                return SimpleNamespace(stopListening=lambda: None,
+                                       write=lambda *a: None, connect=lambda *a: None)
+
+        memory = UDPRecorder()
+        context = SimpleNamespace(
+            paths=SimpleNamespace(certs=h.certs, queue=h.queue, control=h.control),
+            config=h.config, reactor=memory, environ={})
+        agent = build_remote_agent(context)
+        d = defer.Deferred.fromCoroutine(agent.mx.mx_candidates("example.test"))
+        self.assertTrue(memory.udp, "no DNS query went out on the agent's reactor")
+        d.cancel()
+        d.addErrback(lambda _: None)
