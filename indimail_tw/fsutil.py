@@ -235,3 +235,62 @@ def append_locked(path: str, chunks: Iterable[bytes], lock_timeout: float = 30.0
         return written
     finally:
         os.close(fd)  # releases the lock
+
+
+# -- Maildir index primitives (APPEND, COPY) ------------------------------------------
+
+def write_new_file_dated(path: str, chunks: Iterable[bytes], mtime: float | None = None,
+                         mode: int = 0o600) -> int:
+    """:func:`write_new_file`, but the file's mtime (IMAP INTERNALDATE) is set to
+    ``mtime`` before the fsync, so the date is as durable as the data."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    written = 0
+    try:
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+                written += len(chunk)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            fsync_file(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlink_quietly(path)
+        raise
+    return written
+
+
+def link_or_copy(src: str, dst: str, tmp_dir: str, mtime: float | None = None) -> bool:
+    """Give the durable file ``src`` a second name ``dst`` (never replacing one).
+
+    A hard link where the file system allows it (True); otherwise (another
+    file system, no hard links) a copy written under a unique name in
+    ``tmp_dir``, fsynced with ``mtime``, then renamed to ``dst`` (False).
+    Either way ``dst`` is durable only after its directory is fsynced; the
+    caller does that once for a batch.
+    """
+    try:
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+    tmp = os.path.join(tmp_dir, unique_name())
+    with open(src, "rb") as f:
+        write_new_file_dated(tmp, iter(lambda: f.read(65536), b""), mtime)
+    try:
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+        os.rename(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return False
+
+
+def remove_file(path: str) -> None:
+    """Unlink one message file; durable only after its directory is fsynced."""
+    os.unlink(path)

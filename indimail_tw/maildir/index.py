@@ -1,7 +1,6 @@
-"""The per-folder Maildir index shared by IMAP4 and POP3 (CONTRACT -- being implemented).
+"""The per-folder Maildir index shared by IMAP4 and POP3.
 
-This file fixes the API the protocol packages code against.  Every method
-blocks on disk I/O; the protocols call them through
+Every method blocks on disk I/O; the protocols call them through
 :func:`indimail_tw.maildir.index.run` (a thread) when they may be slow
 (first scan of a big folder, APPEND/COPY with fsync), directly otherwise.
 
@@ -17,18 +16,105 @@ file renames are atomic, index writes are SQLite transactions.
 Flags live in the Maildir file name (``:2,`` info: D=\\Draft, F=\\Flagged,
 P=$Forwarded, R=\\Answered, S=\\Seen, T=\\Deleted) so other Maildir readers
 agree; keywords other than $Forwarded live in the index only.
+
+How it works
+------------
+* The database (one row of ``meta``; ``messages``; ``expunged``; ``cache``)
+  always describes the directory as of its last *scan*.  A scan (list ``new/``
+  and ``cur/``, match names by key = the part before ``:``) runs inside
+  ``BEGIN IMMEDIATE``, so scans, UID assignment, APPEND and COPY of all
+  processes are serialized; a scan re-reads the rows after taking the lock,
+  so a file some other process already numbered keeps that number.  Every
+  committed change takes the next modseq (one per transaction).
+* A scan is skipped when ``new/`` and ``cur/`` still have the mtimes stored by
+  the last scan; a directory whose mtime was within 2 s of the scan is stored
+  as "unknown" (-1), so a change in the same mtime tick is never missed.
+* Each :class:`FolderIndex` object keeps its own *view* (what its session has
+  been told): uids, flags and modseqs in three compact arrays, about 16 bytes
+  a message.  :meth:`FolderIndex.sync` scans if needed, then reads the rows
+  whose modseq is above the one it last saw and reports the difference.  The
+  object's own STORE and EXPUNGE update its view at once (sync does not report
+  them again); its APPEND and COPY show up at the next sync, like a delivery.
+* New files are not moved from ``new/`` to ``cur/`` (POP3 and other readers
+  share the folder); a flag change renames the file into ``cur/``.
+* A corrupt index file is moved aside (``...sqlite.corrupt-<time>``) and
+  rebuilt; the rebuilt index has a new UIDVALIDITY (never a reused one: the
+  last is remembered in ``indimail_tw-uidvalidity``) and the next sync of an
+  open object reports ``uidvalidity_changed``.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+
+from indimail_tw import fsutil
+from indimail_tw.maildir import quota
 
 #: IMAP system flag -> Maildir info letter.
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered": "R",
                 "\\Seen": "S", "\\Deleted": "T"}
 
+INDEX_NAME = "indimail_tw-index.sqlite"
+UIDVALIDITY_NAME = "indimail_tw-uidvalidity"
+SCHEMA_VERSION = 1
+#: Seconds a process waits for another one's index transaction (a first scan of a
+#: large folder holds the lock while it reads every new file).
+BUSY_TIMEOUT = 60.0
+#: A directory mtime this close to "now" may hide a change in the same tick.
+_RECENT_NS = 2_000_000_000
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 
-@dataclass(frozen=True)
+_LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
+_CANONICAL = {flag.lower(): flag for flag in FLAG_LETTERS}
+
+_SCHEMA = (
+    """CREATE TABLE meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL,
+        recent_mark INTEGER NOT NULL,
+        new_mtime INTEGER NOT NULL,      -- st_mtime_ns of new/ at the last scan, -1 unknown
+        cur_mtime INTEGER NOT NULL)""",
+    """CREATE TABLE messages (
+        uid INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,        -- file name before ':'
+        dir TEXT NOT NULL,               -- 'new' or 'cur'
+        info TEXT NOT NULL,              -- the rest of the file name ('' or ':2,FS')
+        keywords TEXT NOT NULL,          -- space-separated, sorted
+        size INTEGER NOT NULL,
+        rfc822_size INTEGER NOT NULL,
+        internaldate REAL NOT NULL,
+        modseq INTEGER NOT NULL)""",
+    "CREATE INDEX messages_modseq ON messages (modseq)",
+    """CREATE TABLE expunged (            -- tombstones, for QRESYNC and for stale views
+        uid INTEGER PRIMARY KEY,
+        modseq INTEGER NOT NULL,
+        key TEXT NOT NULL, dir TEXT NOT NULL, info TEXT NOT NULL,
+        size INTEGER NOT NULL, rfc822_size INTEGER NOT NULL, internaldate REAL NOT NULL)""",
+    "CREATE INDEX expunged_modseq ON expunged (modseq)",
+    """CREATE TABLE cache (
+        uid INTEGER NOT NULL, name TEXT NOT NULL, blob BLOB NOT NULL,
+        PRIMARY KEY (uid, name)) WITHOUT ROWID""",
+)
+
+_ROW = "uid, key, dir, info, keywords, size, rfc822_size, internaldate, modseq"
+
+
+class IndexVersionError(RuntimeError):
+    """The index was written by a newer version of this software."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     uid: int
     key: str                    # Maildir unique part (file name before ":2,"; stable)
@@ -47,77 +133,873 @@ class Changes:
     added: list = field(default_factory=list)       # MessageRecord, ascending uid
     removed: list = field(default_factory=list)     # uids whose files vanished
     changed: list = field(default_factory=list)     # MessageRecord whose flags changed
+    #: The index was rebuilt (deleted or corrupt): every old uid is in ``removed``,
+    #: every message in ``added``; an IMAP session must end (UIDVALIDITY changed).
+    uidvalidity_changed: bool = False
 
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed or self.uidvalidity_changed)
+
+
+# -- flags ---------------------------------------------------------------------
+
+# Shared, bounded caches: every message with the same flags holds the same frozenset.
+_FLAGSETS: dict[tuple[str, str], frozenset] = {}
+_INTERNED: dict[frozenset, frozenset] = {}
+_CACHE_LIMIT = 4096
+
+
+def _intern(flags: frozenset) -> frozenset:
+    shared = _INTERNED.get(flags)
+    if shared is None:
+        if len(_INTERNED) >= _CACHE_LIMIT:
+            return flags
+        shared = _INTERNED.setdefault(flags, flags)
+    return shared
+
+
+def _letters(info: str) -> str:
+    return info[3:] if info.startswith(":2,") else ""
+
+
+def flags_of(info: str, keywords: str) -> frozenset:
+    """The IMAP flags of a file with ``info`` (``:2,FS``) and index ``keywords``."""
+    flags = _FLAGSETS.get((info, keywords))
+    if flags is None:
+        found = {_LETTER_FLAGS[c] for c in _letters(info) if c in _LETTER_FLAGS}
+        if keywords:
+            found.update(keywords.split(" "))
+        flags = _intern(frozenset(found))
+        if len(_FLAGSETS) < _CACHE_LIMIT:
+            _FLAGSETS[(info, keywords)] = flags
+    return flags
+
+
+def _split_flags(flags: Iterable[str], old_info: str) -> tuple[str, str]:
+    """(new info, keywords) for ``flags``; unknown info letters of ``old_info``
+    (e.g. Dovecot's lowercase keyword letters) are kept."""
+    letters = set()
+    keywords = set()
+    for flag in flags:
+        canonical = _CANONICAL.get(flag.lower(), flag)
+        if canonical in FLAG_LETTERS:
+            letters.add(FLAG_LETTERS[canonical])
+        elif not flag.startswith("\\") and flag:
+            keywords.add(flag)              # \Recent and unknown \flags are not stored
+    letters.update(c for c in _letters(old_info) if c not in _LETTER_FLAGS)
+    return ":2," + "".join(sorted(letters)), " ".join(sorted(keywords))
+
+
+def _system_letters(info: str) -> str:
+    return "".join(sorted(c for c in _letters(info) if c in _LETTER_FLAGS))
+
+
+# -- file names and sizes --------------------------------------------------------
+
+def _name_fields(key: str) -> tuple[int | None, int | None]:
+    """``,S=<size>`` and ``,W=<rfc822 size>`` from a file name's key, when present."""
+    size = vsize = None
+    for part in key.split(",")[1:]:
+        if part[:2] == "S=" and part[2:].isdigit():
+            size = int(part[2:])
+        elif part[:2] == "W=" and part[2:].isdigit():
+            vsize = int(part[2:])
+    return size, vsize
+
+
+def rfc822_size(data: bytes) -> int:
+    """Octets with CRLF line ends: every LF not preceded by CR counts one more."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _measure_file(path: str, key: str) -> tuple[int, int, int] | None:
+    """(size, rfc822 size, mtime_ns) of a new file, None if it vanished meanwhile."""
+    size, vsize = _name_fields(key)
+    try:
+        st = os.stat(path)
+        if vsize is None:
+            extra = 0
+            last = b""
+            with open(path, "rb") as f:
+                while chunk := f.read(262144):
+                    extra += chunk.count(b"\n") - chunk.count(b"\r\n")
+                    if last == b"\r" and chunk[:1] == b"\n":
+                        extra -= 1
+                    last = chunk[-1:]
+            vsize = st.st_size + extra
+    except FileNotFoundError:
+        return None
+    return (st.st_size if size is None else size), vsize, st.st_mtime_ns
+
+
+def _dir_mtimes(folder: str) -> tuple[int, int]:
+    return (os.stat(os.path.join(folder, "new")).st_mtime_ns,
+            os.stat(os.path.join(folder, "cur")).st_mtime_ns)
+
+
+def _quota_root(folder: str) -> str | None:
+    """The Maildir whose ``maildirsize`` counts ``folder``; None for Trash (not counted)."""
+    name = os.path.basename(folder)
+    if name.startswith("."):
+        if name == ".Trash" or name.startswith(".Trash."):
+            return None
+        return os.path.dirname(folder)
+    return folder
+
+
+def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(e)
+    return "malformed" in text or "not a database" in text
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    """An exclusive flock on the folder directory: creating or replacing the index."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def run(reactor, fn, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)`` in the reactor's thread pool; a Deferred of its result."""
+    from twisted.internet.threads import deferToThreadPool
+
+    return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
+
+
+# -- the index -------------------------------------------------------------------
 
 class FolderIndex:
-    """One folder's index.  Not thread-safe: one object per session/thread."""
+    """One folder's index.  Not thread-safe: one object per session/thread
+    (it may move between threads, one call at a time)."""
 
     path: str                   # the folder directory
     uidvalidity: int
     uidnext: int
     highestmodseq: int
 
+    def __init__(self, folder_dir: str) -> None:
+        """Use :meth:`open`."""
+        self.path = os.path.abspath(folder_dir)
+        self._db_path = os.path.join(self.path, INDEX_NAME)
+        self._conn: sqlite3.Connection | None = None
+        self._db_id: tuple[int, int] | None = None
+        self._sync_mode = ""
+        self._reset_view()
+
+    def _reset_view(self) -> None:
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self.highestmodseq = 0
+        self._seen = 0                       # highest modseq this view has read
+        self._uids = array("I")
+        self._fids = array("I")              # index into self._fsets
+        self._modseqs = array("Q")
+        self._fsets: list[frozenset] = []
+        self._fset_ids: dict[frozenset, int] = {}
+        self._mtimes = (-1, -1)
+        self._data_version = -1
+
+    # -- opening ---------------------------------------------------------------------
+
     @classmethod
     def open(cls, folder_dir: str, create: bool = False) -> FolderIndex:
         """Open (and sync) the index of ``folder_dir``; ``create`` makes a missing
         Maildir (cur/new/tmp).  Raises FileNotFoundError for a missing folder."""
-        raise NotImplementedError
+        if create:
+            fsutil.make_maildir(folder_dir)
+        for sub in ("cur", "new"):
+            if not os.path.isdir(os.path.join(folder_dir, sub)):
+                raise FileNotFoundError(f"no Maildir folder at {folder_dir}")
+        self = cls(folder_dir)
+        try:
+            try:
+                self._connect()
+                self._scan_if_needed()
+                self._load_view()
+            except sqlite3.DatabaseError as e:
+                if not _is_corrupt(e):
+                    raise
+                self._recover()
+                self._scan_if_needed()
+                self._load_view()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _connect(self) -> None:
+        if not os.path.exists(self._db_path):
+            with _folder_lock(self.path):
+                if not os.path.exists(self._db_path):
+                    for suffix in ("-wal", "-shm"):  # a stale log must not meet a new file
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self._db_path + suffix)
+                self._connect_file(locked=True)
+        else:
+            self._connect_file(locked=False)
+
+    def _connect_file(self, locked: bool) -> None:
+        conn = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+        self._conn = conn
+        self._sync_mode = ""
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        try:
+            version = conn.execute("SELECT version FROM meta").fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            version = None
+        if version is None:
+            if locked:
+                self._create_schema()
+            else:
+                with _folder_lock(self.path):
+                    self._create_schema()
+        elif version[0] > SCHEMA_VERSION:
+            raise IndexVersionError(
+                f"{self._db_path}: index version {version[0]} is newer than {SCHEMA_VERSION}")
+        st = os.stat(self._db_path)
+        self._db_id = (st.st_dev, st.st_ino)
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        with self._transaction(durable=True):
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                return                                      # another process was first
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES (1, ?, ?, 1, 1, 1, -1, -1)",
+                         (SCHEMA_VERSION, self._new_uidvalidity()))
+
+    def _new_uidvalidity(self) -> int:
+        """Time-based, and above any this folder had before (kept in a small file)."""
+        path = os.path.join(self.path, UIDVALIDITY_NAME)
+        previous = 0
+        with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
+            previous = int(f.read().strip() or 0)
+        value = max(int(time.time()), previous + 1) & 0xFFFFFFFF or 1
+        fsutil.atomic_write(path, b"%d\n" % value, 0o600)
+        return value
+
+    def _recover(self) -> None:
+        """Move a corrupt index file aside and build a new one (new UIDVALIDITY)."""
+        bad_id = self._db_id
+        self.close()
+        with _folder_lock(self.path):
+            try:
+                st = os.stat(self._db_path)
+                current = (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                current = None
+            # Another process may have replaced it already; a file we never opened
+            # (bad_id None: it failed on open) is the corrupt one.
+            if current is not None and (bad_id is None or current == bad_id):
+                aside = f"{self._db_path}.corrupt-{int(time.time())}"
+                fsutil.rename(self._db_path, aside)
+                for suffix in ("-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        fsutil.rename(self._db_path + suffix, aside + suffix)
+                fsutil.fsync_dir(self.path)
+        self._connect()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> FolderIndex:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- transactions ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = False, write: bool = True
+                     ) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE (serializes writers of all processes) ... COMMIT.
+
+        ``durable`` commits with an fsync (UID assignment: a UID given out must
+        never be given again); other changes (flags, recent mark, cache) are
+        WAL-ordered but may be lost in a power failure, like Dovecot's.
+        """
+        conn = self._conn
+        if conn is None:
+            raise ValueError("the index is closed")
+        mode = "FULL" if durable else "NORMAL"
+        if write and mode != self._sync_mode:
+            conn.execute(f"PRAGMA synchronous = {mode}")
+            self._sync_mode = mode
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _meta(self) -> tuple:
+        return self._conn.execute(
+            "SELECT uidvalidity, uidnext, highestmodseq, recent_mark, new_mtime, cur_mtime"
+            " FROM meta").fetchone()
+
+    # -- scanning the directory --------------------------------------------------------
+
+    def _scan_if_needed(self, force: bool = False) -> None:
+        """Scan when new/ or cur/ changed since the last scan of any process."""
+        mtimes = _dir_mtimes(self.path)
+        if not force:
+            meta = self._meta()
+            if (meta[4], meta[5]) == mtimes:
+                return
+        with self._transaction(durable=True):
+            self._scan_locked(force)
+
+    def _scan_locked(self, force: bool = False) -> list[int]:
+        """Bring the database up to date with the directory (inside a write
+        transaction); returns the uids found vanished."""
+        conn = self._conn
+        now = time.time_ns()
+        mtimes = _dir_mtimes(self.path)
+        meta = self._meta()
+        if not force and (meta[4], meta[5]) == mtimes:
+            return []                           # another process scanned meanwhile
+        uidnext, modseq = meta[1], meta[2]
+        new_names, cur_names = self._listing()
+        moved: dict[str, tuple] = {}            # key -> row, file not where the row says
+        for row in conn.execute("SELECT uid, key, dir, info FROM messages"):
+            names = cur_names if row[2] == "cur" else new_names
+            name = row[1] + row[3]
+            if name in names:
+                names.discard(name)
+            else:
+                moved[row[1]] = row
+        found = self._by_key(new_names, cur_names)     # unmatched files
+        if moved and any(key not in found for key in moved):
+            # A rename (flag change by another process) may hide a file from one
+            # listing; look again before declaring anything vanished.
+            again_new, again_cur = self._listing()
+            for key, where in self._by_key(again_new, again_cur).items():
+                if key in moved:
+                    found.setdefault(key, where)
+        vanished = [row for key, row in moved.items() if key not in found]
+        renamed = [(row, found.pop(key)) for key, row in moved.items() if key in found]
+        fresh = []
+        for key, (sub, info) in found.items():
+            measured = _measure_file(os.path.join(self.path, sub, key + info), key)
+            if measured is not None:
+                fresh.append((measured[2], key, sub, info, measured[0], measured[1]))
+        flag_changes = [(sub, info, row[0]) for row, (sub, info) in renamed
+                        if _system_letters(info) != _system_letters(row[3])]
+        moves = [(sub, info, row[0]) for row, (sub, info) in renamed
+                 if _system_letters(info) == _system_letters(row[3])]
+        changed = bool(vanished or flag_changes or fresh)
+        if changed:
+            modseq += 1
+        if moves:
+            conn.executemany("UPDATE messages SET dir = ?, info = ? WHERE uid = ?", moves)
+        if flag_changes:
+            conn.executemany(f"UPDATE messages SET dir = ?, info = ?, modseq = {modseq}"
+                             " WHERE uid = ?", flag_changes)
+        if vanished:
+            self._tombstone([row[0] for row in vanished], modseq)
+        if fresh:
+            fresh.sort()                        # delivery order: (mtime, name)
+            rows = []
+            for mtime_ns, key, sub, info, size, vsize in fresh:
+                rows.append((uidnext, key, sub, info, size, vsize, mtime_ns / 1e9, modseq))
+                uidnext += 1
+            conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)", rows)
+        stored = tuple(m if now - m >= _RECENT_NS else -1 for m in mtimes)
+        if changed or stored != (meta[4], meta[5]):   # no write, no fsync otherwise
+            conn.execute("UPDATE meta SET uidnext = ?, highestmodseq = ?, new_mtime = ?,"
+                         " cur_mtime = ?", (uidnext, modseq, *stored))
+        return [row[0] for row in vanished]
+
+    def _tombstone(self, uids: list[int], modseq: int) -> None:
+        conn = self._conn
+        conn.executemany(
+            "INSERT OR REPLACE INTO expunged SELECT uid, ?, key, dir, info, size, rfc822_size,"
+            " internaldate FROM messages WHERE uid = ?", [(modseq, uid) for uid in uids])
+        conn.executemany("DELETE FROM messages WHERE uid = ?", [(uid,) for uid in uids])
+        conn.executemany("DELETE FROM cache WHERE uid = ?", [(uid,) for uid in uids])
+
+    def _listing(self) -> tuple[set[str], set[str]]:
+        result = []
+        for sub in ("new", "cur"):
+            try:
+                names = os.listdir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                names = []
+            result.append({name for name in names if name[:1] != "."})
+        return result[0], result[1]
+
+    @staticmethod
+    def _by_key(new_names: set[str], cur_names: set[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for sub, names in (("new", new_names), ("cur", cur_names)):   # cur wins
+            for name in names:
+                key, sep, rest = name.partition(":")
+                found[key] = (sub, sep + rest)
+        return found
+
+    # -- this object's view --------------------------------------------------------------
+
+    def _fid(self, flags: frozenset) -> int:
+        fid = self._fset_ids.get(flags)
+        if fid is None:
+            fid = self._fset_ids[flags] = len(self._fsets)
+            self._fsets.append(flags)
+        return fid
+
+    def _load_view(self) -> None:
+        """Read the whole view (uids, flags, modseqs) without touching a message file."""
+        self._reset_view()
+        mtimes = _dir_mtimes(self.path)
+        with self._transaction(write=False) as conn:
+            meta = self._meta()
+            uids, fids, modseqs = self._uids, self._fids, self._modseqs
+            fid_of: dict[tuple[str, str], int] = {}
+            for uid, info, keywords, modseq in conn.execute(
+                    "SELECT uid, info, keywords, modseq FROM messages ORDER BY uid"):
+                fid = fid_of.get((info, keywords))
+                if fid is None:
+                    fid = fid_of[(info, keywords)] = self._fid(flags_of(info, keywords))
+                uids.append(uid)
+                fids.append(fid)
+                modseqs.append(modseq)
+        self.uidvalidity, self.uidnext, self.highestmodseq = meta[0], meta[1], meta[2]
+        self._seen = meta[2]
+        self._mtimes = mtimes
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _position(self, uid: int) -> int:
+        """Index of ``uid`` in the view, or -1."""
+        i = bisect.bisect_left(self._uids, uid)
+        return i if i < len(self._uids) and self._uids[i] == uid else -1
+
+    def _drop(self, uids: Iterable[int]) -> None:
+        gone = set(uids)
+        if not gone:
+            return
+        if len(gone) < 32:
+            for uid in gone:
+                i = self._position(uid)
+                if i >= 0:
+                    del self._uids[i], self._fids[i], self._modseqs[i]
+            return
+        keep = [i for i, uid in enumerate(self._uids) if uid not in gone]
+        self._uids = array("I", (self._uids[i] for i in keep))
+        self._fids = array("I", (self._fids[i] for i in keep))
+        self._modseqs = array("Q", (self._modseqs[i] for i in keep))
+
+    def _record(self, row: tuple, flags: frozenset | None = None,
+                modseq: int | None = None) -> MessageRecord:
+        uid, key, sub, info, keywords, size, vsize, date, row_modseq = row
+        return MessageRecord(uid, key, f"{self.path}/{sub}/{key}{info}", size, vsize,
+                             flags_of(info, keywords) if flags is None else flags, date,
+                             row_modseq if modseq is None else modseq)
+
+    def _db_replaced(self) -> bool:
+        try:
+            st = os.stat(self._db_path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._db_id
+
+    # -- the API ----------------------------------------------------------------------
 
     def sync(self) -> Changes:
         """Bring the index up to date with the directory (cheap when new/ and cur/ are
         unchanged: it compares directory mtimes); assign UIDs to new files in
         ascending delivery order."""
-        raise NotImplementedError
+        try:
+            if self._db_replaced():
+                self.close()
+                self._connect()
+                return self._reset_changes()
+            self._scan_if_needed()
+            return self._refresh()
+        except sqlite3.DatabaseError as e:
+            if not _is_corrupt(e):
+                raise
+            self._recover()
+            return self._reset_changes()
 
-    def records(self) -> list[MessageRecord]:
-        """Every message, ascending uid (as of the last sync)."""
-        raise NotImplementedError
+    def _reset_changes(self) -> Changes:
+        removed = list(self._uids)
+        self._scan_if_needed()
+        self._load_view()
+        return Changes(self.records(), removed, [], uidvalidity_changed=True)
+
+    def _refresh(self) -> Changes:
+        changes = Changes()
+        mtimes = _dir_mtimes(self.path)
+        with self._transaction(write=False) as conn:
+            meta = self._meta()
+            if meta[0] != self.uidvalidity:
+                changes = None
+            elif meta[2] != self._seen:
+                rows = conn.execute(f"SELECT {_ROW} FROM messages WHERE modseq > ?"
+                                    " ORDER BY uid", (self._seen,)).fetchall()
+                gone = [uid for (uid,) in conn.execute(
+                    "SELECT uid FROM expunged WHERE modseq > ?", (self._seen,))]
+        if changes is None:
+            return self._reset_changes()
+        self._mtimes = mtimes
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if meta[2] == self._seen:
+            return changes
+        removed = sorted(uid for uid in gone if self._position(uid) >= 0)
+        self._drop(removed)
+        changes.removed = removed
+        for row in rows:
+            uid, modseq = row[0], row[8]
+            i = self._position(uid)
+            if i < 0:
+                record = self._record(row)
+                changes.added.append(record)
+                if not self._uids or uid > self._uids[-1]:
+                    self._uids.append(uid)
+                    self._fids.append(self._fid(record.flags))
+                    self._modseqs.append(modseq)
+                else:
+                    self._uids.insert(i := bisect.bisect_left(self._uids, uid), uid)
+                    self._fids.insert(i, self._fid(record.flags))
+                    self._modseqs.insert(i, modseq)
+            elif self._modseqs[i] != modseq:
+                record = self._record(row)
+                self._fids[i] = self._fid(record.flags)
+                self._modseqs[i] = modseq
+                changes.changed.append(record)
+        self.uidnext = meta[1]
+        self._seen = meta[2]
+        self.highestmodseq = max(self.highestmodseq, meta[2])
+        return changes
+
+    def changed_since_last_sync(self) -> bool:
+        """Would :meth:`sync` find anything?  Cheap enough to poll (IDLE): two directory
+        stats, one index stat and SQLite's data_version; it may say True for nothing."""
+        try:
+            mtimes = _dir_mtimes(self.path)
+        except FileNotFoundError:
+            return True
+        if mtimes != self._mtimes or time.time_ns() - max(mtimes) < _RECENT_NS:
+            return True
+        if self._db_replaced():
+            return True
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return False
+        meta = self._meta()
+        if meta[0] == self.uidvalidity and meta[2] == self._seen:
+            self._data_version = version
+            return False
+        return True
+
+    def uids(self) -> array:
+        """The view's uids, ascending (a copy; 4 bytes a message)."""
+        return array("I", self._uids)
+
+    def __len__(self) -> int:
+        return len(self._uids)
+
+    def flags(self, uid: int) -> frozenset | None:
+        """The view's flags of ``uid`` (no database access), or None."""
+        i = self._position(uid)
+        return self._fsets[self._fids[i]] if i >= 0 else None
+
+    def modseq(self, uid: int) -> int | None:
+        """The view's modseq of ``uid``, or None."""
+        i = self._position(uid)
+        return self._modseqs[i] if i >= 0 else None
+
+    def records(self, uids: Iterable[int] | None = None) -> list[MessageRecord]:
+        """Every message, ascending uid (as of the last sync); ``uids`` limits
+        them to those (in the view) uids."""
+        view, fsets, fids, modseqs = self._uids, self._fsets, self._fids, self._modseqs
+        if uids is not None:
+            wanted = sorted({uid for uid in uids if self._position(uid) >= 0})
+            if len(wanted) < 500:
+                return [r for r in (self.record(uid) for uid in wanted) if r is not None]
+            wanted_set = set(wanted)
+        else:
+            wanted_set = None
+        out: list[MessageRecord] = []
+        missing: list[int] = []
+        i, n = 0, len(view)
+        path = self.path
+        for uid, key, sub, info, _kw, size, vsize, date, _m in self._conn.execute(
+                f"SELECT {_ROW} FROM messages WHERE uid < ? ORDER BY uid", (self.uidnext,)):
+            while i < n and view[i] < uid:
+                missing.append(i)
+                i += 1
+            if i < n and view[i] == uid:
+                if wanted_set is None or uid in wanted_set:
+                    out.append(MessageRecord(uid, key, f"{path}/{sub}/{key}{info}", size,
+                                             vsize, fsets[fids[i]], date, modseqs[i]))
+                i += 1
+        missing.extend(range(i, n))
+        if missing:                          # expunged by another process since our sync
+            out.extend(r for r in (self._tombstone_record(view[j]) for j in missing)
+                       if r is not None and (wanted_set is None or r.uid in wanted_set))
+            out.sort(key=lambda r: r.uid)
+        return out
 
     def record(self, uid: int) -> MessageRecord | None:
-        raise NotImplementedError
+        """One message of the view (as of the last sync), or None."""
+        i = self._position(uid)
+        if i < 0:
+            return None
+        row = self._conn.execute(f"SELECT {_ROW} FROM messages WHERE uid = ?",
+                                 (uid,)).fetchone()
+        if row is None:
+            return self._tombstone_record(uid)
+        return self._record(row, self._fsets[self._fids[i]], self._modseqs[i])
+
+    def _tombstone_record(self, uid: int) -> MessageRecord | None:
+        i = self._position(uid)
+        row = self._conn.execute(
+            "SELECT uid, key, dir, info, '', size, rfc822_size, internaldate, modseq"
+            " FROM expunged WHERE uid = ?", (uid,)).fetchone()
+        if row is None or i < 0:
+            return None
+        return self._record(row, self._fsets[self._fids[i]], self._modseqs[i])
+
+    def _path_of(self, uid: int) -> tuple | None:
+        return self._conn.execute(f"SELECT {_ROW} FROM messages WHERE uid = ?",
+                                  (uid,)).fetchone()
 
     def read(self, uid: int) -> bytes:
         """The message as stored (LF or CRLF line endings as on disk).  Raises
         FileNotFoundError when it vanished (expunged by another process)."""
-        raise NotImplementedError
+        for attempt in range(2):
+            row = self._path_of(uid)
+            if row is not None:
+                try:
+                    with open(f"{self.path}/{row[2]}/{row[1]}{row[3]}", "rb") as f:
+                        return f.read()
+                except FileNotFoundError:
+                    if attempt:
+                        raise
+                    self._scan_if_needed(force=True)      # renamed by another process?
+                    continue
+            break
+        raise FileNotFoundError(f"message {uid} of {self.path} is gone")
 
     def store_flags(self, uid: int, flags: frozenset, unchanged_since: int | None = None
                     ) -> MessageRecord | None:
         """Replace the flags (rename the file for system flags, keywords in the index);
         bump modseq.  None if the message is gone or its modseq > unchanged_since."""
-        raise NotImplementedError
+        with self._transaction() as conn:
+            for attempt in range(2):
+                row = conn.execute(f"SELECT {_ROW} FROM messages WHERE uid = ?",
+                                   (uid,)).fetchone()
+                if row is None:
+                    return None
+                _, key, sub, info, keywords, *_rest, modseq = row
+                if unchanged_since is not None and modseq > unchanged_since:
+                    return None
+                new_info, new_keywords = _split_flags(flags, info)
+                if _system_letters(new_info) == _system_letters(info):
+                    new_info = info             # no rename for keyword-only changes
+                new_sub = "cur" if new_info != info else sub
+                if new_info == info and new_keywords == keywords:
+                    record = self._record(row)
+                    break
+                if new_info != info:
+                    try:
+                        fsutil.rename(f"{self.path}/{sub}/{key}{info}",
+                                      f"{self.path}/cur/{key}{new_info}")
+                    except FileNotFoundError:
+                        if attempt:
+                            return None
+                        self._scan_locked(force=True)
+                        continue
+                modseq = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0] + 1
+                conn.execute("UPDATE meta SET highestmodseq = ?", (modseq,))
+                conn.execute("UPDATE messages SET dir = ?, info = ?, keywords = ?, modseq = ?"
+                             " WHERE uid = ?", (new_sub, new_info, new_keywords, modseq, uid))
+                record = self._record((uid, key, new_sub, new_info, new_keywords,
+                                       *row[5:8], modseq))
+                break
+        i = self._position(uid)
+        if i >= 0:
+            self._fids[i] = self._fid(record.flags)
+            self._modseqs[i] = record.modseq
+            self.highestmodseq = max(self.highestmodseq, record.modseq)
+        return record
 
     def append(self, data: bytes, flags: frozenset = frozenset(),
                internaldate: float | None = None) -> MessageRecord:
         """Store a new message durably (tmp, fsync, rename into cur with flags, dir fsync),
         give it the next UID; internaldate sets the file mtime."""
-        raise NotImplementedError
+        info, keywords = _split_flags(flags, "")
+        size = len(data)
+        cur = os.path.join(self.path, "cur")
+        while True:
+            unique = fsutil.unique_name()
+            tmp = os.path.join(self.path, "tmp", unique)
+            try:
+                fsutil.write_new_file_dated(tmp, [data], internaldate)
+                break
+            except FileExistsError:
+                continue
+        key = f"{unique},S={size}"
+        try:
+            fsutil.rename(tmp, os.path.join(cur, key + info))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsutil.fsync_dir(cur)
+        date = internaldate if internaldate is not None else os.stat(
+            os.path.join(cur, key + info)).st_mtime
+        (record,) = self._insert_new([(key, "cur", info, keywords, size, rfc822_size(data),
+                                       date)])
+        self._add_usage(size, 1)
+        return record
+
+    def _insert_new(self, entries: list[tuple]) -> list[MessageRecord]:
+        """Number files this process just put in cur/ (one transaction, in order).  A
+        file another process's scan numbered first keeps that UID (and gets our
+        keywords and date)."""
+        out = []
+        with self._transaction(durable=True) as conn:
+            uidnext, modseq = conn.execute("SELECT uidnext, highestmodseq FROM meta").fetchone()
+            modseq += 1
+            for key, sub, info, keywords, size, vsize, date in entries:
+                known = conn.execute("SELECT uid FROM messages WHERE key = ?",
+                                     (key,)).fetchone()
+                if known is not None:
+                    uid = known[0]
+                    conn.execute("UPDATE messages SET keywords = ?, internaldate = ?,"
+                                 " modseq = ? WHERE uid = ?", (keywords, date, modseq, uid))
+                else:
+                    uid, uidnext = uidnext, uidnext + 1
+                    conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (uid, key, sub, info, keywords, size, vsize, date, modseq))
+                out.append(self._record((uid, key, sub, info, keywords, size, vsize, date,
+                                         modseq)))
+            conn.execute("UPDATE meta SET uidnext = ?, highestmodseq = ?", (uidnext, modseq))
+        return out
+
+    def _add_usage(self, size: int, count: int) -> None:
+        root = _quota_root(self.path)
+        if root is not None and count:
+            quota.add_usage(root, size, count)
 
     def copy_to(self, uids: list[int], target: FolderIndex) -> list[tuple[int, int]]:
         """Copy messages keeping flags and internaldate (hard link when possible);
         returns (source uid, new uid) pairs for COPYUID."""
-        raise NotImplementedError
+        sources = []
+        entries = []
+        cur = os.path.join(target.path, "cur")
+        tmp_dir = os.path.join(target.path, "tmp")
+        for uid in sorted(set(uids)):
+            for attempt in range(2):
+                row = self._path_of(uid)
+                if row is None:
+                    break
+                _, key, sub, info, keywords, size, vsize, date, _m = row
+                letters = "".join(sorted(_letters(info)))
+                new_key = f"{fsutil.unique_name()},S={size}"
+                new_info = ":2," + letters
+                try:
+                    fsutil.link_or_copy(f"{self.path}/{sub}/{key}{info}",
+                                        os.path.join(cur, new_key + new_info), tmp_dir, date)
+                except FileNotFoundError:
+                    if attempt:
+                        break
+                    self._scan_if_needed(force=True)
+                    continue
+                sources.append(uid)
+                entries.append((new_key, "cur", new_info, keywords, size, vsize, date))
+                break
+        if not entries:
+            return []
+        fsutil.fsync_dir(cur)
+        records = target._insert_new(entries)
+        target._add_usage(sum(e[4] for e in entries), len(entries))
+        return [(uid, record.uid) for uid, record in zip(sources, records, strict=True)]
 
     def expunge(self, uids: list[int]) -> list[int]:
         """Remove the messages' files; remember (uid, modseq) for QRESYNC VANISHED;
         returns the uids actually removed."""
-        raise NotImplementedError
+        removed: list[int] = []
+        size = 0
+        dirs = set()
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        with self._transaction() as conn:
+            rescanned = False
+            for uid in wanted:
+                for _attempt in range(2):
+                    row = conn.execute("SELECT key, dir, info, size FROM messages WHERE uid = ?",
+                                       (uid,)).fetchone()
+                    if row is None:
+                        break
+                    try:
+                        fsutil.remove_file(f"{self.path}/{row[1]}/{row[0]}{row[2]}")
+                    except FileNotFoundError:
+                        if rescanned:
+                            break
+                        rescanned = True
+                        self._scan_locked(force=True)
+                        continue
+                    removed.append(uid)
+                    size += row[3]
+                    dirs.add(os.path.join(self.path, row[1]))
+                    break
+            if removed:
+                fsutil.fsync_dirs(sorted(dirs))
+                modseq = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0] + 1
+                conn.execute("UPDATE meta SET highestmodseq = ?", (modseq,))
+                self._tombstone(removed, modseq)
+        self._drop(removed)
+        self._add_usage(-size, -len(removed))
+        return removed
 
     def vanished_since(self, modseq: int) -> list[int]:
         """UIDs expunged after ``modseq`` (for QRESYNC)."""
-        raise NotImplementedError
+        return [uid for (uid,) in self._conn.execute(
+            "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,))]
 
     def claim_recent(self) -> set[int]:
         """The uids this caller is the first to see (\\Recent): those at or above the
-        index's recent mark; moves the mark to uidnext.  At most one session gets each."""
-        raise NotImplementedError
+        index's recent mark; moves the mark to uidnext.  At most one session gets each.
+
+        Only the uids in this object's view are claimed (the mark moves to the
+        view's uidnext), so a message not yet synced stays for the next claim."""
+        with self._transaction() as conn:
+            mark = conn.execute("SELECT recent_mark FROM meta").fetchone()[0]
+            if self.uidnext > mark:
+                conn.execute("UPDATE meta SET recent_mark = ?", (self.uidnext,))
+        if self.uidnext <= mark:
+            return set()
+        return set(self._uids[bisect.bisect_left(self._uids, mark):])
 
     def cache_get(self, uid: int, key: str) -> bytes | None:
         """A cached blob for the message (e.g. key="structure"), or None."""
-        raise NotImplementedError
+        row = self._conn.execute("SELECT blob FROM cache WHERE uid = ? AND name = ?",
+                                 (uid, key)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def cache_put(self, uid: int, key: str, blob: bytes) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM messages WHERE uid = ?", (uid,)).fetchone():
+                conn.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)",
+                             (uid, key, bytes(blob)))

@@ -1,0 +1,633 @@
+"""The per-folder Maildir index: UIDs, flags in file names, modseqs, concurrency, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from indimail_tw import fsutil
+from indimail_tw.fsutil import make_maildir
+from indimail_tw.maildir import index as index_module
+from indimail_tw.maildir import quota
+from indimail_tw.maildir.deliver import deliver
+from indimail_tw.maildir.index import (
+    INDEX_NAME, Changes, FolderIndex, MessageRecord, rfc822_size,
+)
+
+MESSAGE = b"Subject: test\n\nbody line\n"
+SEEN = frozenset({"\\Seen"})
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def maildir(tmp_path):
+    path = str(tmp_path / "Maildir")
+    make_maildir(path)
+    return path
+
+
+@pytest.fixture
+def message(tmp_path):
+    path = tmp_path / "message"
+    path.write_bytes(MESSAGE)
+    return str(path)
+
+
+@pytest.fixture
+def opened():
+    indexes = []
+
+    def open_index(path, **kw):
+        ix = FolderIndex.open(path, **kw)
+        indexes.append(ix)
+        return ix
+
+    yield open_index
+    for ix in indexes:
+        ix.close()
+
+
+def put(maildir, name, data=MESSAGE, sub="new", mtime=None):
+    path = os.path.join(maildir, sub, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def age_dirs(maildir, seconds=3600):
+    """Make new/ and cur/ look untouched for a while (defeats the 2-second rescan rule)."""
+    for sub in ("new", "cur"):
+        st = os.stat(os.path.join(maildir, sub))
+        old = st.st_mtime - seconds
+        os.utime(os.path.join(maildir, sub), (old, old))
+
+
+def keys(ix):
+    return {r.uid: r.key for r in ix.records()}
+
+
+# -- UIDs --------------------------------------------------------------------------
+
+def test_uids_follow_delivery_order_and_survive_reopen(maildir, opened):
+    put(maildir, "300.B", mtime=1_000_003)
+    put(maildir, "100.C", mtime=1_000_001)
+    put(maildir, "200.A", mtime=1_000_002)
+    put(maildir, "200.0", mtime=1_000_002)          # same mtime: by name
+    ix = opened(maildir)
+    assert [r.key for r in ix.records()] == ["100.C", "200.0", "200.A", "300.B"]
+    assert [r.uid for r in ix.records()] == [1, 2, 3, 4]
+    assert ix.uidnext == 5
+    assert ix.records()[0].internaldate == 1_000_001
+    again = opened(maildir)
+    assert keys(again) == keys(ix)
+    assert again.uidvalidity == ix.uidvalidity
+    assert again.uidnext == 5
+
+
+def test_new_files_stay_in_new(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    ix.sync()
+    assert len(os.listdir(os.path.join(maildir, "new"))) == 1
+    assert os.listdir(os.path.join(maildir, "cur")) == []
+    assert ix.read(1) == MESSAGE
+
+
+def test_delivery_while_open_is_added(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    done = deliver(maildir, message)
+    assert ix.changed_since_last_sync()
+    changes = ix.sync()
+    assert [r.uid for r in changes.added] == [2]
+    assert changes.added[0].path == done.path
+    assert changes.removed == [] and changes.changed == []
+    assert ix.uidnext == 3
+    assert ix.sync() == Changes()
+    assert [r.uid for r in ix.records()] == [1, 2]
+
+
+def test_sizes_from_name_and_content(maildir, opened):
+    put(maildir, "1.A,S=999", b"a\nb\r\nc\n", mtime=1)           # S= is trusted
+    put(maildir, "2.B", b"a\nb\r\nc\n", mtime=2)
+    put(maildir, "3.C,S=7,W=42", b"a\nb\r\nc\n", mtime=3)        # Dovecot's W=
+    ix = opened(maildir)
+    sizes = [(r.size, r.rfc822_size) for r in ix.records()]
+    assert sizes == [(999, 9), (7, 9), (7, 42)]
+    assert rfc822_size(b"a\nb\r\nc\n") == 9
+
+
+def test_rfc822_size_across_read_chunks(maildir, opened, monkeypatch):
+    data = b"x" * 262143 + b"\r\n" + b"y\n"
+    put(maildir, "1.A", data)
+    ix = opened(maildir)
+    assert ix.record(1).rfc822_size == rfc822_size(data) == len(data) + 1
+
+
+def test_unchanged_folder_is_not_listed(maildir, message, opened, monkeypatch):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    age_dirs(maildir)
+    ix.sync()                                   # stores the old mtimes
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: calls.append(p) or real(p))
+    assert ix.sync() == Changes()
+    assert not ix.changed_since_last_sync()
+    assert calls == []
+    again = FolderIndex.open(maildir)           # a reopen reads no directory either
+    again.close()
+    assert calls == []
+
+
+def test_recent_directory_mtime_forces_a_rescan(maildir, message, opened, monkeypatch):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: calls.append(p) or real(p))
+    ix.sync()
+    assert calls                                # new/ changed < 2 s ago: looked again
+
+
+# -- flags ----------------------------------------------------------------------------
+
+def test_flags_live_in_the_file_name(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    rec = ix.store_flags(1, frozenset({"\\Seen", "\\Flagged", "\\Answered", "\\Recent"}))
+    assert rec.flags == {"\\Seen", "\\Flagged", "\\Answered"}
+    assert os.listdir(os.path.join(maildir, "new")) == []
+    (name,) = os.listdir(os.path.join(maildir, "cur"))
+    assert name == rec.key + ":2,FRS"
+    assert rec.path == os.path.join(maildir, "cur", name)
+    assert ix.read(1) == MESSAGE
+    assert ix.flags(1) == rec.flags
+    assert ix.sync() == Changes()               # our own change is not reported again
+    rec = ix.store_flags(1, frozenset({"\\draft", "$Forwarded", "\\deleted"}))
+    assert os.path.basename(rec.path) == rec.key + ":2,DPT"
+    assert rec.flags == {"\\Draft", "$Forwarded", "\\Deleted"}
+
+
+def test_unknown_info_letters_are_kept(maildir, opened):
+    put(maildir, "1.A:2,Sab", sub="cur")
+    ix = opened(maildir)
+    assert ix.record(1).flags == SEEN
+    rec = ix.store_flags(1, frozenset({"\\Flagged"}))
+    assert os.path.basename(rec.path) == "1.A:2,Fab"
+
+
+def test_external_rename_is_a_change(maildir, message, opened):
+    done = deliver(maildir, message)
+    ix = opened(maildir)
+    other = opened(maildir)
+    key = os.path.basename(done.path)
+    os.rename(done.path, os.path.join(maildir, "cur", key + ":2,ST"))
+    changes = ix.sync()
+    assert [(r.uid, r.flags) for r in changes.changed] == [(1, {"\\Seen", "\\Deleted"})]
+    assert changes.changed[0].modseq > 1
+    assert ix.read(1) == MESSAGE
+    assert [r.uid for r in other.sync().changed] == [1]
+    # a move without a flag change (new/ -> cur/ by a reader) is not a change
+    deliver(maildir, message)
+    ix.sync()
+    (name,) = os.listdir(os.path.join(maildir, "new"))
+    os.rename(os.path.join(maildir, "new", name), os.path.join(maildir, "cur", name + ":2,"))
+    assert ix.sync() == Changes()
+    assert ix.record(2).path.endswith("/cur/" + name + ":2,")
+
+
+def test_store_by_one_session_is_seen_by_another(maildir, message, opened):
+    deliver(maildir, message)
+    one, two = opened(maildir), opened(maildir)
+    rec = one.store_flags(1, frozenset({"\\Seen", "$Junk"}))
+    changes = two.sync()
+    assert changes.changed == [rec]
+    assert two.flags(1) == {"\\Seen", "$Junk"}
+    assert two.highestmodseq == rec.modseq
+
+
+def test_keywords_persist(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    before = os.listdir(os.path.join(maildir, "new"))
+    rec = ix.store_flags(1, frozenset({"$Junk", "NonJunk"}))
+    assert rec.flags == {"$Junk", "NonJunk"}
+    assert os.listdir(os.path.join(maildir, "new")) == before   # keywords need no rename
+    ix.close()
+    again = opened(maildir)
+    assert again.record(1).flags == {"$Junk", "NonJunk"}
+    rec = again.store_flags(1, frozenset({"\\Seen", "$Junk"}))
+    again.close()
+    assert opened(maildir).record(1).flags == {"\\Seen", "$Junk"}
+
+
+def test_same_flags_keep_the_modseq(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    first = ix.store_flags(1, SEEN)
+    assert ix.store_flags(1, SEEN).modseq == first.modseq
+
+
+def test_unchanged_since(maildir, message, opened):
+    deliver(maildir, message)
+    deliver(maildir, message)
+    ix = opened(maildir)
+    base = ix.record(1).modseq
+    assert ix.store_flags(1, SEEN, unchanged_since=base).flags == SEEN
+    assert ix.store_flags(1, frozenset(), unchanged_since=base) is None
+    assert ix.flags(1) == SEEN                       # refused: nothing changed
+    now = ix.record(1).modseq
+    assert now > base
+    assert ix.store_flags(1, frozenset(), unchanged_since=now).flags == frozenset()
+    assert ix.store_flags(99, SEEN) is None
+    assert ix.highestmodseq >= ix.record(1).modseq
+
+
+def test_flag_store_after_external_rename(maildir, message, opened):
+    done = deliver(maildir, message)
+    ix = opened(maildir)
+    os.rename(done.path, os.path.join(maildir, "cur", os.path.basename(done.path) + ":2,F"))
+    rec = ix.store_flags(1, frozenset({"\\Seen", "\\Flagged"}))
+    assert rec is not None and rec.path.endswith(":2,FS")
+    os.unlink(rec.path)
+    assert ix.store_flags(1, SEEN) is None
+
+
+def test_modseq_is_monotonic_across_objects(maildir, message, opened):
+    deliver(maildir, message)
+    one, two = opened(maildir), opened(maildir)
+    seen = [one.highestmodseq]
+    for i in range(6):
+        ix = (one, two)[i % 2]
+        seen.append(ix.store_flags(1, frozenset({f"$x{i}"})).modseq)
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+# -- removal --------------------------------------------------------------------------
+
+def test_vanished_file_is_removed(maildir, message, opened):
+    first = deliver(maildir, message)
+    deliver(maildir, message)
+    ix = opened(maildir)
+    modseq = ix.highestmodseq
+    os.unlink(first.path)
+    changes = ix.sync()
+    assert changes.removed == [1]
+    assert [r.uid for r in ix.records()] == [2]
+    assert ix.vanished_since(modseq) == [1]
+    with pytest.raises(FileNotFoundError):
+        ix.read(1)
+
+
+def test_expunge_and_vanished_since(maildir, message, opened):
+    for _ in range(3):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    other = opened(maildir)
+    before = ix.highestmodseq
+    ix.store_flags(2, frozenset({"\\Deleted"}))
+    ix.cache_put(2, "structure", b"blob")
+    assert ix.expunge([2, 3, 42]) == [2, 3]
+    assert sorted(os.listdir(os.path.join(maildir, "new"))) == [
+        os.path.basename(ix.record(1).path)]
+    assert os.listdir(os.path.join(maildir, "cur")) == []
+    assert [r.uid for r in ix.records()] == [1]
+    assert ix.sync() == Changes()                 # our own expunge is not reported again
+    assert ix.vanished_since(before) == [2, 3]
+    assert ix.vanished_since(ix.highestmodseq) == []
+    assert ix.cache_get(2, "structure") is None
+    # another session keeps its view (sequence numbers) until it syncs
+    assert [r.uid for r in other.records()] == [1, 2, 3]
+    assert other.record(3) is not None
+    with pytest.raises(FileNotFoundError):
+        other.read(3)
+    assert other.sync().removed == [2, 3]
+    assert [r.uid for r in other.records()] == [1]
+    assert other.expunge([2]) == []
+
+
+def test_expunge_of_externally_renamed_file(maildir, message, opened):
+    done = deliver(maildir, message)
+    ix = opened(maildir)
+    os.rename(done.path, os.path.join(maildir, "cur", os.path.basename(done.path) + ":2,T"))
+    assert ix.expunge([1]) == [1]
+    assert os.listdir(os.path.join(maildir, "cur")) == []
+
+
+# -- append and copy ----------------------------------------------------------------------
+
+def test_append_with_internaldate(maildir, opened):
+    ix = opened(maildir)
+    data = b"Subject: a\r\n\r\nbody\r\n"
+    rec = ix.append(data, frozenset({"\\Seen", "$Label1"}), internaldate=1_234_567_890)
+    assert rec.uid == 1 and rec.flags == {"\\Seen", "$Label1"}
+    assert rec.internaldate == 1_234_567_890
+    assert rec.size == rec.rfc822_size == len(data)
+    name = os.path.basename(rec.path)
+    assert name == f"{rec.key}:2,S" and rec.key.endswith(f",S={len(data)}")
+    assert os.path.dirname(rec.path) == os.path.join(maildir, "cur")
+    assert os.stat(rec.path).st_mtime == 1_234_567_890
+    assert os.listdir(os.path.join(maildir, "tmp")) == []
+    assert ix.records() == []                         # shows up at the next sync
+    changes = ix.sync()
+    assert changes.added == [rec]
+    ix.close()
+    again = opened(maildir)
+    assert again.records() == [rec]
+    assert again.read(1) == data
+
+
+def test_copy_keeps_flags_keywords_and_date(maildir, message, opened):
+    deliver(maildir, message)
+    src = opened(maildir)
+    src.store_flags(1, frozenset({"\\Flagged", "$Work"}))
+    src.append(b"Subject: b\n\nx\n", SEEN, internaldate=1_000_000_000)
+    src.sync()
+    dst = opened(os.path.join(maildir, ".Archive"), create=True)
+    dst.append(b"Subject: c\n\nx\n")
+    pairs = src.copy_to([2, 1, 7], dst)
+    assert pairs == [(1, 2), (2, 3)]
+    added = dst.sync().added
+    assert [r.uid for r in added] == [1, 2, 3]
+    copies = {r.uid: r for r in added}
+    originals = {r.uid: r for r in src.records()}
+    for old, new in pairs:
+        assert copies[new].flags == originals[old].flags
+        assert copies[new].internaldate == originals[old].internaldate
+        assert copies[new].size == originals[old].size
+        assert copies[new].rfc822_size == originals[old].rfc822_size
+        assert dst.read(new) == src.read(old)
+        assert copies[new].key != originals[old].key
+    assert os.path.basename(copies[2].path).endswith(":2,F")
+    # the copy is a separate name: expunging the original keeps it
+    src.expunge([1])
+    assert dst.read(2) == MESSAGE
+
+
+def test_copy_falls_back_to_a_copy(maildir, message, opened, monkeypatch):
+    deliver(maildir, message)
+    src = opened(maildir)
+    dst = opened(os.path.join(maildir, ".Other"), create=True)
+
+    def no_links(a, b):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert src.copy_to([1], dst) == [(1, 1)]
+    rec = dst.sync().added[0]
+    assert dst.read(1) == MESSAGE
+    assert os.stat(rec.path).st_ino != os.stat(src.record(1).path).st_ino
+    assert rec.internaldate == pytest.approx(src.record(1).internaldate)
+    assert os.listdir(os.path.join(maildir, ".Other", "tmp")) == []
+
+
+def test_maildirsize_follows_append_copy_expunge(maildir, opened):
+    quota.recalculate(maildir, quota.Quota(10_000_000))
+    ix = opened(maildir)
+    trash = opened(os.path.join(maildir, ".Trash"), create=True)
+    sent = opened(os.path.join(maildir, ".Sent"), create=True)
+    a = ix.append(b"x" * 100)
+    ix.append(b"y" * 50)
+    ix.sync()
+    assert (quota.read_usage(maildir).bytes, quota.read_usage(maildir).count) == (150, 2)
+    ix.copy_to([a.uid], sent)
+    ix.copy_to([a.uid], trash)                       # Trash is not counted
+    assert (quota.read_usage(maildir).bytes, quota.read_usage(maildir).count) == (250, 3)
+    ix.expunge([a.uid])
+    usage = quota.read_usage(maildir)
+    assert (usage.bytes, usage.count) == (150, 2)
+    fresh = quota.recalculate(maildir, quota.Quota(10_000_000))
+    assert (fresh.bytes, fresh.count) == (150, 2)
+
+
+# -- recent ----------------------------------------------------------------------------------
+
+def test_claim_recent_once_across_objects(maildir, message, opened):
+    deliver(maildir, message)
+    deliver(maildir, message)
+    one = opened(maildir)
+    two = opened(maildir)
+    assert one.claim_recent() == {1, 2}
+    assert two.claim_recent() == set()
+    deliver(maildir, message)
+    two.sync()                       # two sees uid 3 first
+    assert two.claim_recent() == {3}
+    one.sync()
+    assert one.claim_recent() == set()
+    deliver(maildir, message)
+    one.sync()
+    assert one.claim_recent() == {4}
+    assert FolderIndex.open(maildir).claim_recent() == set()
+
+
+def test_claim_recent_leaves_unsynced_messages(maildir, message, opened):
+    deliver(maildir, message)
+    one = opened(maildir)
+    deliver(maildir, message)
+    opened(maildir)                  # another process numbers uid 2
+    assert one.claim_recent() == {1}
+    one.sync()
+    assert one.claim_recent() == {2}
+
+
+# -- cache ----------------------------------------------------------------------------------------
+
+def test_cache(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    assert ix.cache_get(1, "structure") is None
+    ix.cache_put(1, "structure", b"\x00abc")
+    ix.cache_put(1, "envelope", b"env")
+    assert opened(maildir).cache_get(1, "structure") == b"\x00abc"
+    ix.cache_put(1, "structure", b"new")
+    assert ix.cache_get(1, "structure") == b"new"
+    ix.cache_put(5, "structure", b"none")           # no such message: not stored
+    assert ix.cache_get(5, "structure") is None
+
+
+# -- recovery -------------------------------------------------------------------------------------
+
+def test_deleted_index_is_rebuilt_with_a_new_uidvalidity(maildir, message, opened):
+    deliver(maildir, message)
+    deliver(maildir, message)
+    ix = opened(maildir)
+    old = ix.uidvalidity
+    ix.store_flags(2, frozenset({"$Kw"}))
+    other = opened(maildir)
+    ix.close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(os.path.join(maildir, INDEX_NAME + suffix)):
+            os.unlink(os.path.join(maildir, INDEX_NAME + suffix))
+    again = opened(maildir)
+    assert again.uidvalidity > old
+    assert [r.uid for r in again.records()] == [1, 2]
+    assert again.flags(2) == frozenset()             # keywords were in the index only
+    changes = other.sync()                           # an open session notices
+    assert changes.uidvalidity_changed
+    assert changes.removed == [1, 2] and [r.uid for r in changes.added] == [1, 2]
+    assert other.uidvalidity == again.uidvalidity
+
+
+def test_corrupt_index_is_set_aside(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    old = ix.uidvalidity
+    ix.close()
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(os.path.join(maildir, INDEX_NAME + suffix)):
+            os.unlink(os.path.join(maildir, INDEX_NAME + suffix))
+    with open(os.path.join(maildir, INDEX_NAME), "wb") as f:
+        f.write(b"this is not a database" * 100)
+    again = opened(maildir)
+    assert again.uidvalidity > old
+    assert [r.uid for r in again.records()] == [1]
+    aside = [n for n in os.listdir(maildir) if n.startswith(INDEX_NAME + ".corrupt-")]
+    assert aside
+
+
+def test_corruption_found_during_sync(maildir, message, opened, monkeypatch):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    old = ix.uidvalidity
+    real = ix._refresh
+    calls = []
+
+    def broken():
+        if not calls:
+            calls.append(1)
+            error = sqlite3.DatabaseError("database disk image is malformed")
+            error.sqlite_errorcode = 11
+            raise error
+        return real()
+
+    monkeypatch.setattr(ix, "_refresh", broken)
+    changes = ix.sync()
+    assert changes.uidvalidity_changed and ix.uidvalidity > old
+    assert [r.uid for r in ix.records()] == [1]
+
+
+def test_newer_index_version_is_refused(maildir, message):
+    FolderIndex.open(maildir).close()
+    conn = sqlite3.connect(os.path.join(maildir, INDEX_NAME))
+    conn.execute("UPDATE meta SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(index_module.IndexVersionError):
+        FolderIndex.open(maildir)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        FolderIndex.open(str(tmp_path / "nope"))
+    ix = FolderIndex.open(str(tmp_path / "made"), create=True)
+    assert ix.records() == [] and ix.uidnext == 1
+    ix.close()
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    from indimail_tw.maildir.deliver import deliver
+    from indimail_tw.maildir.index import FolderIndex
+    maildir, message, count = sys.argv[2], sys.argv[3], int(sys.argv[4])
+    ix = FolderIndex.open(maildir)
+    seen = {r.uid: r.key for r in ix.records()}
+    for i in range(count):
+        deliver(maildir, message)
+        changes = ix.sync()
+        for r in changes.added:
+            assert r.uid not in seen, r.uid
+            seen[r.uid] = r.key
+        if i % 5 == 0:
+            ix.store_flags(min(seen), frozenset({"\\\\Seen"}))
+        assert not changes.removed
+    ix.close()
+    print(json.dumps(seen))
+""")
+
+
+def test_two_processes_agree_on_uids(maildir, message, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [subprocess.Popen([sys.executable, str(script), ROOT, maildir, message, "40"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        results.append({int(uid): key for uid, key in json.loads(out).items()})
+    ix = FolderIndex.open(maildir)
+    final = keys(ix)
+    ix.close()
+    assert len(final) == 120 and sorted(final) == list(range(1, 121))
+    assert len(set(final.values())) == 120
+    on_disk = {n.split(":")[0] for sub in ("new", "cur")
+               for n in os.listdir(os.path.join(maildir, sub))}
+    assert set(final.values()) == on_disk
+    for seen in results:
+        assert all(final[uid] == key for uid, key in seen.items())
+
+
+def test_hundred_messages(maildir, message, opened):
+    for _ in range(100):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    records = ix.records()
+    assert [r.uid for r in records] == list(range(1, 101))
+    assert all(isinstance(r, MessageRecord) and r.size == len(MESSAGE) for r in records)
+    assert len(ix) == 100 and list(ix.uids()) == list(range(1, 101))
+    assert ix.claim_recent() == set(range(1, 101))
+    for uid in range(1, 101, 2):
+        ix.store_flags(uid, SEEN)
+    assert ix.expunge(list(range(1, 101, 3))) == list(range(1, 101, 3))
+    again = opened(maildir)
+    assert [r.uid for r in again.records()] == [r.uid for r in ix.records()]
+    assert all(again.flags(r.uid) == r.flags for r in ix.records())
+    assert ix.records(range(50, 60)) == [r for r in ix.records() if 50 <= r.uid < 60]
+    assert ix.records(list(range(1, 101))) == ix.records()
+
+
+def test_run_uses_the_reactor_pool(maildir):
+    from twisted.internet import defer
+
+    class Reactor:
+        def getThreadPool(self):
+            return "pool"
+
+    calls = []
+
+    def fake(reactor, pool, fn, *args, **kwargs):
+        calls.append((pool, fn, args))
+        return defer.succeed(fn(*args, **kwargs))
+
+    import twisted.internet.threads as threads
+    original = threads.deferToThreadPool
+    threads.deferToThreadPool = fake
+    try:
+        d = index_module.run(Reactor(), FolderIndex.open, maildir)
+    finally:
+        threads.deferToThreadPool = original
+    results = []
+    d.addCallback(results.append)
+    assert calls[0][0] == "pool" and results[0].uidnext == 1
+    results[0].close()
+
+
+def test_fsutil_write_new_file_dated(tmp_path):
+    path = str(tmp_path / "f")
+    assert fsutil.write_new_file_dated(path, [b"ab", b"c"], 1_000_000) == 3
+    assert os.stat(path).st_mtime == 1_000_000
+    with pytest.raises(FileExistsError):
+        fsutil.write_new_file_dated(path, [b"x"])
