@@ -701,6 +701,9 @@ def _search(args: tuple, uid: bool, utf8: bool) -> SearchArgs:
         pos += 2
     charset = None
     if len(args) > pos and isinstance(args[pos], Atom) and args[pos].upper() == "CHARSET":
+        if utf8:
+            # RFC 6855 3 (errata 4029): no charset once UTF8=ACCEPT is enabled.
+            raise BadArgs("CHARSET is not allowed after ENABLE UTF8=ACCEPT")
         if len(args) <= pos + 1:
             raise BadArgs("Missing charset")
         name = _astring(args[pos + 1]).decode("ascii", "replace").upper()

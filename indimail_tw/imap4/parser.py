@@ -99,6 +99,8 @@ class _Bad(Exception):
         self.fatal = fatal
 
 
+_SKIPPED = object()
+
 # States
 _LINE, _LITERAL, _DISCARD_LITERAL, _SKIP_LINE, _SKIP_COMMAND = range(5)
 
@@ -197,6 +199,8 @@ class IMAPParser:
             line = self._next_line(events)
             if line is None:
                 break
+            if line is _SKIPPED:
+                continue
             if state == _SKIP_LINE:
                 self._state = _LINE
                 continue
@@ -210,8 +214,9 @@ class IMAPParser:
             self._command_line(line, events)
         return events
 
-    def _next_line(self, events: list[Event]) -> bytes | None:
-        """The next line without its ending, or None; enforces the line bound."""
+    def _next_line(self, events: list[Event]) -> bytes | object | None:
+        """The next line without its ending, None when incomplete, or
+        :data:`_SKIPPED` when an over-long line was dealt with."""
         budget = max(self.max_line - self._text_len, 0)
         buf = self._buf
         end = buf.find(b"\n", 0, budget + 2)
@@ -237,6 +242,7 @@ class IMAPParser:
         else:
             del buf[:lf + 1]
             self._state = _LINE
+            return _SKIPPED
         return None
 
     def _peek_tag(self) -> bytes | None:
