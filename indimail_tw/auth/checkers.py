@@ -24,6 +24,7 @@ from zope.interface import Interface, implementer
 from indimail_tw.auth.credentials import (
     AvatarId, LoginDenied, TemporaryLoginFailure, context_of, proof_for,
 )
+from indimail_tw.auth import passwords
 from indimail_tw.auth.flags import SERVICE_FLAGS, Flags
 from indimail_tw.auth.loginname import canonical_ip, default_domain, split_login
 from indimail_tw.errors import StoreUnavailable
@@ -92,11 +93,15 @@ def authenticate(txn: Txn, login: str, proof, service: str, local_ip: str,
         domain = default_domain(policy.environ, ip_domain, policy.locals,
                                 policy.configured_domain)
     if not name or not domain:
+        proof.check(_decoy_hash())
         return AuthOutcome("unknown", reason="no domain")
     real = REPOS.aliasdomains.real_domain(txn, domain) or domain
     address = f"{name}@{real}"
     user = REPOS.users.get(txn, name, real)
     if user is None:
+        # Check the proof against a throw-away hash so that an unknown user
+        # costs as much time as a wrong password: timing must not tell them apart.
+        proof.check(_decoy_hash())
         return AuthOutcome("unknown", address, reason="no such user")
     # The password is checked before any flag, so a wrong password never
     # learns anything about the account.
@@ -115,6 +120,16 @@ def authenticate(txn: Txn, login: str, proof, service: str, local_ip: str,
         if limits and 0 <= limits.passwd_expiry < moment:
             return AuthOutcome("denied", address, user, reason="password expired")
     return AuthOutcome("ok", address, user)
+
+
+_DECOY: list[str] = []
+
+
+def _decoy_hash() -> str:
+    """A hash of the default scheme for a random password, made once per process."""
+    if not _DECOY:
+        _DECOY.append(passwords.make_hash(os.urandom(12).hex()))
+    return _DECOY[0]
 
 
 class IBindable(Interface):

@@ -284,3 +284,29 @@ class CheckpasswordCheckerTests(unittest.TestCase):
                          b"u@d\0pw\0\0\x02\0")
         self.assertEqual(checkpassword_input(ChallengeCredentials("u@d", b"<c>", "ab")),
                          b"u@d\0<c>\0ab\0\x03\0")
+
+
+class DecoyHashTests(unittest.SynchronousTestCase):
+    """An unknown user costs a password check, like a wrong password does."""
+
+    def test_unknown_user_still_checks_a_hash(self):
+        from indimail_tw.auth.checkers import authenticate
+        from indimail_tw.storage.engine import SQLiteEngine
+
+        checked = []
+
+        class Proof:
+            def check(self, stored):
+                checked.append(stored)
+                return False
+
+        engine = SQLiteEngine(os.path.join(os.path.abspath(self.mktemp()), "users.db"))
+        engine.run_sync(engine.prepare)
+        outcome = engine.run_sync(authenticate, "nobody@example.com", Proof(), "imap", "",
+                                  AuthPolicy())
+        self.assertEqual(outcome.status, "unknown")
+        self.assertEqual(len(checked), 1)
+        self.assertTrue(checked[0].startswith("$6$"))
+        outcome = engine.run_sync(authenticate, "bare", Proof(), "imap", "", AuthPolicy())
+        self.assertEqual(outcome.status, "unknown")
+        self.assertEqual(len(checked), 2)
