@@ -1,0 +1,396 @@
+"""FETCH and UID FETCH (RFC 9051 6.4.5 and 7.5.2, RFC 3516 BINARY, RFC 7162).
+
+Items are answered in the order requested.  FLAGS, UID, INTERNALDATE,
+RFC822.SIZE and MODSEQ come from the index; ENVELOPE, BODY and BODYSTRUCTURE
+from the structure cached in the index (parsed from the file the first
+time); only body sections read the message file.  File reads and parses run
+in a thread (``session.run``) unless the request is small.
+
+Also here: :class:`StoredMessage`, the :class:`~indimail_tw.imap4.search.SearchMessage`
+that SEARCH evaluates, loading the file only when a key needs its text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from indimail_tw.imap4 import mime, wire
+
+CACHE_KEY = "structure"
+#: Read inline (no thread) when a request needs at most this many files / octets.
+INLINE_FILES = 4
+INLINE_OCTETS = 256 * 1024
+#: One thread job reads at most this many files / octets.
+BATCH_FILES = 200
+BATCH_OCTETS = 16 * 1024 * 1024
+
+_STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+_CONTENT_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY[]", "BINARY[]",
+                            "BINARY.SIZE[]"})
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def internaldate(when: float) -> bytes:
+    """``"17-Jul-1996 02:44:25 -0700"`` in the server's local time zone."""
+    t = time.localtime(when)
+    off = t.tm_gmtoff // 60
+    sign = "+" if off >= 0 else "-"
+    off = abs(off)
+    return (f'"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} '
+            f'{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"'
+            ).encode("ascii")
+
+
+def load_message(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return mime.normalise(f.read())
+
+
+class Loaded:
+    """One message's content for FETCH: CRLF data (or None) and its tree (or None)."""
+
+    __slots__ = ("data", "root", "fresh")
+
+    def __init__(self, data: bytes | None, root: mime.Part | None, fresh: bool = False):
+        self.data = data
+        self.root = root
+        self.fresh = fresh          # parsed now: put into the cache
+
+
+def _read_batch(jobs: list[tuple[int, str, mime.Part | None, bool]]) -> dict[int, Loaded]:
+    """In a thread: read (and parse when needed) the files of ``jobs``
+    [(uid, path, cached tree, need data)]; a vanished file is left out."""
+    out: dict[int, Loaded] = {}
+    for uid, path, root, need_data in jobs:
+        try:
+            data = load_message(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue
+        fresh = root is None
+        if fresh:
+            root = mime.parse(data)
+        out[uid] = Loaded(data if need_data else None, root, fresh)
+    return out
+
+
+class FetchPlan:
+    """What a FETCH needs and how to answer it for one message."""
+
+    def __init__(self, sel: Any, args: Any) -> None:
+        self.sel = sel
+        items = list(args.items)
+        names = [i.name for i in items]
+        if args.uid and "UID" not in names:
+            items.insert(0, _item("UID"))
+        if args.changedsince is not None and "MODSEQ" not in names:
+            items.append(_item("MODSEQ"))
+        self.items = items
+        self.uid_mode = args.uid
+        self.need_content = any(i.name in _CONTENT_ITEMS for i in items)
+        self.need_tree = any(i.name in _STRUCTURE_ITEMS or (
+            i.section is not None and (i.section.part or i.section.text in (
+                "HEADER.FIELDS", "HEADER.FIELDS.NOT", "MIME"))) for i in items)
+        self.sets_seen = (not sel.readonly
+                          and any(getattr(i, "sets_seen", False) for i in items))
+        self.has_flags = "FLAGS" in names
+        self.has_modseq = "MODSEQ" in [i.name for i in items]
+        self.has_uid = "UID" in [i.name for i in items]
+        self.utf8 = bool(getattr(sel.session, "utf8", False))
+
+
+def _item(name: str) -> Any:
+    from indimail_tw.imap4.grammar import FetchItem
+    return FetchItem(name)
+
+
+class UnknownCTEError(Exception):
+    pass
+
+
+def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
+           flags: frozenset, flags_changed: bool) -> bytes:
+    """The ``* n FETCH (...)`` line of one message."""
+    sel = plan.sel
+    out: list[bytes] = []
+    utf8 = plan.utf8
+    for item in plan.items:
+        name = item.name
+        if name == "UID":
+            out.append(b"UID %d" % rec.uid)
+        elif name == "FLAGS":
+            out.append(b"FLAGS " + wire.flags(_order(flags)))
+        elif name == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + internaldate(rec.internaldate))
+        elif name == "RFC822.SIZE":
+            size = rec.rfc822_size if loaded is None or loaded.data is None \
+                else len(loaded.data)
+            out.append(b"RFC822.SIZE %d" % size)
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % rec.modseq)
+        elif name == "ENVELOPE":
+            out.append(b"ENVELOPE " + mime.envelope(loaded.root, utf8))
+        elif name == "BODY":
+            out.append(b"BODY " + mime.bodystructure(loaded.root, False, utf8))
+        elif name == "BODYSTRUCTURE":
+            out.append(b"BODYSTRUCTURE " + mime.bodystructure(loaded.root, True, utf8))
+        elif name == "RFC822":
+            out.append(b"RFC822 " + wire.literal(loaded.data))
+        elif name in ("RFC822.HEADER", "RFC822.TEXT"):
+            data = loaded.data
+            hend, body = mime.header_end(data, 0, len(data))
+            part = data[:hend] if name == "RFC822.HEADER" else data[body:]
+            out.append(name.encode() + b" " + wire.literal(part))
+        elif name == "BODY[]":
+            out.append(item.response_name() + b" " + _section(item, loaded))
+        elif name in ("BINARY[]", "BINARY.SIZE[]"):
+            try:
+                content = mime.binary(loaded.data, loaded.root, item.section.part)
+            except mime.UnknownCTE as e:
+                raise UnknownCTEError(str(e)) from None
+            if name == "BINARY.SIZE[]":
+                out.append(item.response_name() + b" %d" % (len(content or b"")))
+            elif content is None:
+                out.append(item.response_name() + b" NIL")
+            else:
+                content = _partial(content, item.partial)
+                out.append(item.response_name() + b" " + _literal8(content))
+    if flags_changed:
+        # RFC 7162 3.1: after CONDSTORE, a FETCH caused by a flag change carries UID
+        # and MODSEQ too.
+        if sel.condstore and not plan.has_uid:
+            out.insert(0, b"UID %d" % rec.uid)
+        if not plan.has_flags:
+            out.append(b"FLAGS " + wire.flags(_order(flags)))
+        if sel.condstore and not plan.has_modseq:
+            out.append(b"MODSEQ (%d)" % rec.modseq)
+    return wire.untagged(b"%d FETCH " % seq + wire.plist(out))
+
+
+def _order(flags: frozenset) -> list[str]:
+    return sorted(flags, key=lambda f: (not f.startswith("\\"), f))
+
+
+def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    if partial is None:
+        return data
+    start, length = partial
+    return data[start:start + length]
+
+
+def _section(item: Any, loaded: Loaded) -> bytes:
+    data = loaded.data
+    sec = item.section
+    if not sec.part and sec.text in (None, "HEADER", "TEXT"):
+        hend, body = mime.header_end(data, 0, len(data))
+        content = (data if sec.text is None else data[:hend] if sec.text == "HEADER"
+                   else data[body:])
+    else:
+        content = mime.section(data, loaded.root, sec.part, sec.text, sec.fields)
+    if content is None:
+        return b"NIL"
+    return wire.literal(_partial(content, item.partial))
+
+
+def _literal8(data: bytes) -> bytes:
+    if b"\0" in data or not data.isascii():
+        return b"~{%d}\r\n" % len(data) + data
+    return wire.literal(data)
+
+
+def do_fetch(session: Any, tag: bytes, args: Any):
+    """FETCH / UID FETCH: a list of lines or a Deferred of one."""
+    from indimail_tw.imap4.selected import BadSequence
+
+    sel = session.selected
+    try:
+        msgs = sel.resolve(args.seqset, args.uid)
+    except BadSequence as e:
+        return [wire.tagged(tag, "BAD", str(e))]
+    if args.vanished and not sel.qresync:
+        return [wire.tagged(tag, "BAD", "VANISHED needs ENABLE QRESYNC")]
+    if args.changedsince is not None and "CONDSTORE" not in session.enabled:
+        session.enabled.add("CONDSTORE")          # RFC 7162 3.1: a CONDSTORE-enabling command
+    index = sel.index
+    plan = FetchPlan(sel, args)
+    head: list[bytes] = []
+    if args.vanished:
+        largest = max(index.uidnext - 1, sel.largest_uid())
+        gone = [u for u in index.vanished_since(args.changedsince)
+                if args.seqset.contains(u, largest) and not sel.seq_of(u)]
+        if gone:
+            from indimail_tw.imap4.selected import uid_set
+            head.append(wire.untagged(b"VANISHED (EARLIER) " + uid_set(gone)))
+    if args.changedsince is not None:
+        msgs = [(s, u) for s, u in msgs if (index.modseq(u) or 0) > args.changedsince]
+    records = {r.uid: r for r in index.records([u for _, u in msgs])} if msgs else {}
+    missing = [u for _, u in msgs if u not in records or u in sel.gone]
+    if not (plan.need_content or plan.need_tree):
+        return _finish(session, tag, plan, msgs, records, {}, head, bool(missing))
+    jobs = []
+    cached: dict[int, Loaded] = {}
+    octets = 0
+    for _, uid in msgs:
+        rec = records.get(uid)
+        if rec is None or uid in sel.gone:
+            continue
+        root = None
+        if plan.need_tree:
+            blob = index.cache_get(uid, CACHE_KEY)
+            root = mime.load(blob) if blob else None
+        if root is not None and not plan.need_content:
+            cached[uid] = Loaded(None, root)
+            continue
+        jobs.append((uid, rec.path, root, plan.need_content))
+        octets += rec.size
+    if not jobs:
+        return _finish(session, tag, plan, msgs, records, cached, head, bool(missing))
+    if len(jobs) <= INLINE_FILES and octets <= INLINE_OCTETS:
+        cached.update(_read_batch(jobs))
+        return _after_reads(session, tag, plan, msgs, records, cached, jobs, head, missing)
+    batches = _batches(jobs, records)
+
+    def next_batch(result: dict[int, Loaded] | None):
+        if result is not None:
+            cached.update(result)
+        if batches:
+            return session.run(_read_batch, batches.pop(0)).addCallback(next_batch)
+        return _after_reads(session, tag, plan, msgs, records, cached, jobs, head, missing)
+
+    return next_batch(None)
+
+
+def _batches(jobs: list, records: dict) -> list[list]:
+    out: list[list] = [[]]
+    octets = 0
+    for job in jobs:
+        size = records[job[0]].size
+        if out[-1] and (len(out[-1]) >= BATCH_FILES or octets + size > BATCH_OCTETS):
+            out.append([])
+            octets = 0
+        out[-1].append(job)
+        octets += size
+    return out
+
+
+def _after_reads(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, jobs,
+                 head, missing) -> list[bytes]:
+    index = plan.sel.index
+    lost = False
+    for uid, _path, root, need_data in jobs:
+        if uid in cached:
+            continue
+        try:                                # renamed meanwhile? the index knows
+            data = mime.normalise(index.read(uid))
+        except (FileNotFoundError, OSError):
+            lost = True
+            continue
+        fresh = root is None
+        cached[uid] = Loaded(data if need_data else None,
+                             mime.parse(data) if fresh else root, fresh)
+    for uid, loaded in cached.items():
+        if loaded.fresh:
+            loaded.fresh = False
+            with contextlib.suppress(Exception):      # the cache is only a cache
+                index.cache_put(uid, CACHE_KEY, mime.dump(loaded.root))
+    return _finish(session, tag, plan, msgs, records, cached, head, bool(missing) or lost)
+
+
+def _finish(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, head,
+            incomplete: bool) -> list[bytes]:
+    sel = plan.sel
+    index = sel.index
+    lines = list(head)
+    need_loaded = plan.need_content or plan.need_tree
+    for seq, uid in msgs:
+        rec = records.get(uid)
+        loaded = cached.get(uid)
+        if rec is None or uid in sel.gone or (need_loaded and loaded is None):
+            incomplete = True
+            continue
+        flags = rec.flags
+        changed = False
+        if plan.sets_seen and "\\Seen" not in flags:
+            new = index.store_flags(uid, flags | {"\\Seen"})
+            if new is not None:
+                rec, flags, changed = new, new.flags, True
+        if uid in sel.recent and not sel.rev2:
+            flags = flags | {"\\Recent"}
+        try:
+            lines.append(render(plan, seq, rec, loaded, flags, changed))
+        except UnknownCTEError:
+            return [wire.tagged(tag, "NO", "Unknown Content-Transfer-Encoding",
+                                "UNKNOWN-CTE")]
+    if incomplete:
+        lines.append(wire.tagged(tag, "NO", "Some of the requested messages no longer exist",
+                                 "EXPUNGEISSUED"))
+    else:
+        lines.append(wire.tagged(tag, "OK", "Fetch completed"))
+    return lines
+
+
+# -- SEARCH's view of a message ---------------------------------------------------------
+
+class NeedsContent(Exception):
+    """A search key needs the message text and this pass may not read files."""
+
+
+class StoredMessage:
+    """:class:`~indimail_tw.imap4.search.SearchMessage` over an index record; the file
+    is read (and parsed) at most once, on the first key that needs it."""
+
+    __slots__ = ("seq", "uid", "flags", "recent", "internaldate", "rfc822_size", "modseq",
+                 "largest_seq", "largest_uid", "_path", "_data", "_root", "_may_read",
+                 "_reader")
+
+    def __init__(self, seq: int, rec: Any, recent: bool, largest_seq: int, largest_uid: int,
+                 may_read: bool = True, reader: Any = None) -> None:
+        self.seq = seq
+        self.uid = rec.uid
+        self.flags = rec.flags
+        self.recent = recent
+        self.internaldate = rec.internaldate
+        self.rfc822_size = rec.rfc822_size
+        self.modseq = rec.modseq
+        self.largest_seq = largest_seq
+        self.largest_uid = largest_uid
+        self._path = rec.path
+        self._data: bytes | None = None
+        self._root: mime.Part | None = None
+        self._may_read = may_read
+        self._reader = reader
+
+    def _load(self) -> tuple[bytes, mime.Part]:
+        if self._root is None:
+            if not self._may_read:
+                raise NeedsContent()
+            try:
+                data = load_message(self._path)
+            except OSError:
+                data = b""
+                if self._reader is not None:
+                    try:
+                        data = mime.normalise(self._reader(self.uid))
+                    except Exception:  # noqa: BLE001 -- gone: an empty message
+                        data = b""
+            self._data, self._root = data, mime.parse(data)
+        return self._data, self._root
+
+    def header_values(self, name: str) -> list[str]:
+        data, root = self._load()
+        return mime.header_values(data, root, name)
+
+    def header_text(self) -> str:
+        data, root = self._load()
+        return mime.header_text(data, root)
+
+    def body_text(self) -> str:
+        data, root = self._load()
+        return mime.body_text(data, root)
+
+    def sent_date(self) -> float | None:
+        _data, root = self._load()
+        return mime.sent_date(root)
