@@ -18,9 +18,11 @@ the session's.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from indimail_tw.imap4.tokens import Atom, Command, List, String
@@ -119,6 +121,32 @@ class SequenceSet:
         for lo, hi in self.bounds(largest):
             seen.update(range(lo, hi + 1))
         return sorted(seen)
+
+    def members(self, existing: Sequence[int], largest: int | None = None) -> list[int]:
+        """The values of the sorted ``existing`` numbers (e.g. a mailbox's UIDs) in the set.
+
+        ``*`` is ``largest``, by default the last of ``existing``.  Costs a
+        binary search per range, so ``UID FETCH 1:4294967295`` is cheap.
+        """
+        if not existing:
+            return []
+        if largest is None:
+            largest = existing[-1]
+        bounds = []
+        for a, b in self.ranges:
+            a = largest if a is None else a
+            b = largest if b is None else b
+            bounds.append((a, b) if a <= b else (b, a))
+        bounds.sort()
+        out: list[int] = []
+        last = 0
+        for lo, hi in bounds:
+            lo = max(lo, last + 1)
+            if lo > hi:
+                continue
+            out.extend(existing[bisect.bisect_left(existing, lo):bisect.bisect_right(existing, hi)])
+            last = hi
+        return out
 
     def contains(self, n: int, largest: int) -> bool:
         for a, b in self.ranges:

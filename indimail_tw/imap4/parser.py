@@ -60,7 +60,7 @@ LITERAL_MINUS_LIMIT = 4096          # RFC 7888 3
 _LITERAL_AT_END = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}\Z")
 _ANY_LITERAL = re.compile(rb"~?\{([^}]*)\}\Z")
 # tag = 1*<any ASTRING-CHAR except "+">: no atom-specials except "]", no "+".
-_TAG = re.compile(rb'[^\x00-\x20\x7f(){%*"\\+]+\Z')
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+\Z')
 _COMMAND_NAME = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+\Z')
 # Bytes that end an atom or are not allowed in one (outside brackets).
 _ATOM_END = re.compile(rb'[\x00-\x20\x7f()"{\[]')

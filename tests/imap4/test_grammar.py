@@ -61,6 +61,18 @@ def test_sequence_set_resolve():
     assert seqset(b"1:4294967295").resolve(3) == [1, 2, 3]
 
 
+def test_sequence_set_members_of_sparse_uids():
+    uids = [3, 7, 8, 20, 4000000000]
+    assert seqset(b"1:4294967295").members(uids) == uids
+    assert seqset(b"8:5,1:3,*").members(uids) == [3, 7, 8, 4000000000]
+    assert seqset(b"5000000:*").members(uids) == [4000000000]
+    assert seqset(b"30:*").members([3, 7]) == [7]                 # 30:* is 7:30
+    assert seqset(b"1:*,2:3").members(uids) == uids                # overlaps: no duplicates
+    assert seqset(b"9:19").members(uids) == []
+    assert seqset(b"*").members([]) == []
+    assert seqset(b"*").members(uids, largest=8) == [8]
+
+
 def test_sequence_set_contains_and_range_checks():
     s = seqset(b"2:4,10:*")
     assert s.contains(3, 20) and s.contains(15, 20) and not s.contains(5, 20)

@@ -232,6 +232,7 @@ def test_refused_command_discards_later_nonsync_literals():
 @pytest.mark.parametrize("line, tag", [
     (b"+ NOOP", None), (b"* NOOP", None), (b"a(b NOOP", None), (b'"a" NOOP', None),
     (b"a{1} NOOP", None), (b"a%b NOOP", None), (b"a\\b NOOP", None), (b"a+ NOOP", None),
+    (b"\xc3\xa9 NOOP", None),
     (b"", None), (b" NOOP", None), (b"tag", b"tag"), (b"tag ", b"tag"),
     (b"tag (NOOP)", b"tag"), (b"tag NO{OP", b"tag"),
 ])
