@@ -71,6 +71,8 @@ BUSY_TIMEOUT = 60.0
 #: A directory mtime this close to "now" may hide a change in the same tick.
 _RECENT_NS = 2_000_000_000
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+#: At least this many unnumbered files: read them before taking the index lock.
+_PREMEASURE = 500
 
 _LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 _CANONICAL = {flag.lower(): flag for flag in FLAG_LETTERS}
@@ -460,23 +462,47 @@ class FolderIndex:
     def _scan_if_needed(self, force: bool = False) -> None:
         """Scan when new/ or cur/ changed since the last scan of any process."""
         mtimes = _dir_mtimes(self.path)
-        if not force:
-            meta = self._meta()
-            if (meta[4], meta[5]) == mtimes:
-                return
+        meta = self._meta()
+        if not force and (meta[4], meta[5]) == mtimes:
+            return
+        measured = self._measure_unlocked(meta[1])
         with self._transaction(durable=True):
-            self._scan_locked(force)
+            self._scan_locked(force, measured)
 
-    def _scan_locked(self, force: bool = False) -> list[int]:
+    def _measure_unlocked(self, uidnext: int) -> dict[str, tuple[int, int, int]]:
+        """Before a scan that will meet many new files (the first index of a folder, a
+        mass import), read them without holding the lock, so other sessions of the
+        folder wait only for the short numbering step."""
+        new_names, cur_names = self._listing()
+        if len(new_names) + len(cur_names) - (uidnext - 1) < _PREMEASURE:
+            return {}
+        found = self._by_key(new_names, cur_names)
+        del new_names, cur_names
+        for (key,) in self._conn.execute("SELECT key FROM messages"):
+            found.pop(key, None)
+        measured = {}
+        while found:
+            key, (sub, info) = found.popitem()
+            size = _measure_file(os.path.join(self.path, sub, key + info), key)
+            if size is not None:
+                measured[key] = size
+        return measured
+
+    def _scan_locked(self, force: bool = False,
+                     measured: dict[str, tuple[int, int, int]] | None = None,
+                     modseq: int | None = None) -> list[int]:
         """Bring the database up to date with the directory (inside a write
-        transaction); returns the uids found vanished."""
+        transaction; changes get ``modseq``, by default the next one); returns the
+        uids found vanished."""
         conn = self._conn
         now = time.time_ns()
         mtimes = _dir_mtimes(self.path)
         meta = self._meta()
         if not force and (meta[4], meta[5]) == mtimes:
             return []                           # another process scanned meanwhile
-        uidnext, modseq = meta[1], meta[2]
+        uidnext, highest = meta[1], meta[2]
+        if modseq is None:
+            modseq = highest + 1
         new_names, cur_names = self._listing()
         moved: dict[str, tuple] = {}            # key -> row, file not where the row says
         for row in conn.execute("SELECT uid, key, dir, info FROM messages"):
@@ -487,6 +513,7 @@ class FolderIndex:
             else:
                 moved[row[1]] = row
         found = self._by_key(new_names, cur_names)     # unmatched files
+        del new_names, cur_names
         if moved and any(key not in found for key in moved):
             # A rename (flag change by another process) may hide a file from one
             # listing; look again before declaring anything vanished.
@@ -498,16 +525,21 @@ class FolderIndex:
         renamed = [(row, found.pop(key)) for key, row in moved.items() if key in found]
         fresh = []
         for key, (sub, info) in found.items():
-            measured = _measure_file(os.path.join(self.path, sub, key + info), key)
-            if measured is not None:
-                fresh.append((measured[2], key, sub, info, measured[0], measured[1]))
+            size = measured.get(key) if measured else None
+            if size is None:
+                size = _measure_file(os.path.join(self.path, sub, key + info), key)
+            if size is not None:
+                fresh.append((size[2], key, sub, info, size[0], size[1]))
+        del found
+        if measured:
+            measured.clear()                    # the caller's dict: free it now
         flag_changes = [(sub, info, row[0]) for row, (sub, info) in renamed
                         if _system_letters(info) != _system_letters(row[3])]
         moves = [(sub, info, row[0]) for row, (sub, info) in renamed
                  if _system_letters(info) == _system_letters(row[3])]
         changed = bool(vanished or flag_changes or fresh)
         if changed:
-            modseq += 1
+            highest = max(highest, modseq)
         if moves:
             conn.executemany("UPDATE messages SET dir = ?, info = ? WHERE uid = ?", moves)
         if flag_changes:
@@ -517,15 +549,17 @@ class FolderIndex:
             self._tombstone([row[0] for row in vanished], modseq)
         if fresh:
             fresh.sort()                        # delivery order: (mtime, name)
-            rows = []
-            for mtime_ns, key, sub, info, size, vsize in fresh:
-                rows.append((uidnext, key, sub, info, size, vsize, mtime_ns / 1e9, modseq))
-                uidnext += 1
-            conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)", rows)
+            first = uidnext
+            uidnext += len(fresh)
+            conn.executemany(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, '', ?, ?, ?, ?)",
+                ((first + i, key, sub, info, size, vsize, mtime_ns / 1e9, modseq)
+                 for i, (mtime_ns, key, sub, info, size, vsize) in enumerate(fresh)))
+            del fresh
         stored = tuple(m if now - m >= _RECENT_NS else -1 for m in mtimes)
         if changed or stored != (meta[4], meta[5]):   # no write, no fsync otherwise
             conn.execute("UPDATE meta SET uidnext = ?, highestmodseq = ?, new_mtime = ?,"
-                         " cur_mtime = ?", (uidnext, modseq, *stored))
+                         " cur_mtime = ?", (uidnext, highest, *stored))
         return [row[0] for row in vanished]
 
     def _tombstone(self, uids: list[int], modseq: int) -> None:
@@ -803,44 +837,62 @@ class FolderIndex:
                     ) -> MessageRecord | None:
         """Replace the flags (rename the file for system flags, keywords in the index);
         bump modseq.  None if the message is gone or its modseq > unchanged_since."""
+        return self.store_many([(uid, flags)], unchanged_since)[0]
+
+    def store_many(self, updates: Iterable[tuple[int, frozenset]],
+                   unchanged_since: int | None = None) -> list[MessageRecord | None]:
+        """:meth:`store_flags` for many messages in one transaction (one modseq for
+        all): ``updates`` is (uid, new flags) pairs; one result for each, in order."""
+        results: list[MessageRecord | None] = []
         with self._transaction() as conn:
-            for attempt in range(2):
-                row = conn.execute(f"SELECT {_ROW} FROM messages WHERE uid = ?",
-                                   (uid,)).fetchone()
-                if row is None:
-                    return None
-                _, key, sub, info, keywords, *_rest, modseq = row
-                if unchanged_since is not None and modseq > unchanged_since:
-                    return None
-                new_info, new_keywords = _split_flags(flags, info)
-                if _system_letters(new_info) == _system_letters(info):
-                    new_info = info             # no rename for keyword-only changes
-                new_sub = "cur" if new_info != info else sub
-                if new_info == info and new_keywords == keywords:
-                    record = self._record(row)
-                    break
-                if new_info != info:
-                    try:
-                        fsutil.rename(f"{self.path}/{sub}/{key}{info}",
-                                      f"{self.path}/cur/{key}{new_info}")
-                    except FileNotFoundError:
-                        if attempt:
-                            return None
-                        self._scan_locked(force=True)
-                        continue
-                modseq = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0] + 1
-                conn.execute("UPDATE meta SET highestmodseq = ?", (modseq,))
-                conn.execute("UPDATE messages SET dir = ?, info = ?, keywords = ?, modseq = ?"
-                             " WHERE uid = ?", (new_sub, new_info, new_keywords, modseq, uid))
-                record = self._record((uid, key, new_sub, new_info, new_keywords,
-                                       *row[5:8], modseq))
-                break
-        i = self._position(uid)
-        if i >= 0:
-            self._fids[i] = self._fid(record.flags)
-            self._modseqs[i] = record.modseq
-            self.highestmodseq = max(self.highestmodseq, record.modseq)
-        return record
+            modseq = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0] + 1
+            bumped = False
+            for uid, flags in updates:
+                record = self._store_locked(uid, flags, unchanged_since, modseq)
+                bumped = bumped or (record is not None and record.modseq == modseq)
+                results.append(record)
+            if bumped:
+                conn.execute("UPDATE meta SET highestmodseq = max(highestmodseq, ?)",
+                             (modseq,))
+        for record in results:
+            if record is not None:
+                i = self._position(record.uid)
+                if i >= 0:
+                    self._fids[i] = self._fid(record.flags)
+                    self._modseqs[i] = record.modseq
+                    self.highestmodseq = max(self.highestmodseq, record.modseq)
+        return results
+
+    def _store_locked(self, uid: int, flags: frozenset, unchanged_since: int | None,
+                      modseq: int) -> MessageRecord | None:
+        conn = self._conn
+        for attempt in range(2):
+            row = conn.execute(f"SELECT {_ROW} FROM messages WHERE uid = ?", (uid,)).fetchone()
+            if row is None:
+                return None
+            _, key, sub, info, keywords, *_rest, old_modseq = row
+            if unchanged_since is not None and old_modseq > unchanged_since:
+                return None
+            new_info, new_keywords = _split_flags(flags, info)
+            if _system_letters(new_info) == _system_letters(info):
+                new_info = info                 # no rename for keyword-only changes
+            if new_info == info and new_keywords == keywords:
+                return self._record(row)        # nothing changes: same modseq
+            new_sub = "cur" if new_info != info else sub
+            if new_info != info:
+                try:
+                    fsutil.rename(f"{self.path}/{sub}/{key}{info}",
+                                  f"{self.path}/cur/{key}{new_info}")
+                except FileNotFoundError:       # renamed or removed by another process
+                    if attempt:
+                        return None
+                    self._scan_locked(force=True, modseq=modseq)
+                    continue
+            conn.execute("UPDATE messages SET dir = ?, info = ?, keywords = ?, modseq = ?"
+                         " WHERE uid = ?", (new_sub, new_info, new_keywords, modseq, uid))
+            return self._record((uid, key, new_sub, new_info, new_keywords, *row[5:8],
+                                 modseq))
+        return None
 
     def append(self, data: bytes, flags: frozenset = frozenset(),
                internaldate: float | None = None) -> MessageRecord:

@@ -631,3 +631,53 @@ def test_fsutil_write_new_file_dated(tmp_path):
     assert os.stat(path).st_mtime == 1_000_000
     with pytest.raises(FileExistsError):
         fsutil.write_new_file_dated(path, [b"x"])
+
+
+def test_store_many_is_one_transaction(maildir, message, opened):
+    for _ in range(3):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    other = opened(maildir)
+    base = ix.highestmodseq
+    results = ix.store_many([(1, SEEN), (3, frozenset({"$A"})), (9, SEEN)])
+    assert results[2] is None
+    assert results[0].modseq == results[1].modseq == base + 1 == ix.highestmodseq
+    skipped, done = ix.store_many([(1, SEEN), (2, SEEN)], unchanged_since=base)
+    assert skipped is None and done.modseq == base + 2     # 1 changed since base
+    assert ix.flags(2) == SEEN
+    refused = ix.store_many([(1, frozenset()), (2, frozenset())], unchanged_since=base)
+    assert refused == [None, None]
+    assert sorted(r.uid for r in other.sync().changed) == [1, 2, 3]
+
+
+def test_rescan_inside_store_keeps_modseq_monotonic(maildir, message, opened):
+    first = deliver(maildir, message)
+    deliver(maildir, message)
+    ix = opened(maildir)
+    os.rename(first.path, os.path.join(maildir, "cur", os.path.basename(first.path) + ":2,F"))
+    os.unlink(ix.record(2).path)
+    before = ix.highestmodseq
+    gone, stored = ix.store_many([(2, SEEN), (1, SEEN)])   # 2 vanished, 1 was renamed
+    assert gone is None
+    assert stored.flags == SEEN and stored.path.endswith(":2,S")
+    assert stored.modseq == before + 1
+    assert ix.vanished_since(before) == [2]
+    changes = ix.sync()
+    assert changes.removed == [2] and changes.changed == []
+    later = ix.store_flags(1, frozenset({"$Later"}))
+    assert later.modseq > stored.modseq > before
+    conn = sqlite3.connect(os.path.join(maildir, INDEX_NAME))
+    top = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0]
+    biggest = conn.execute("SELECT max(modseq) FROM messages").fetchone()[0]
+    gone = conn.execute("SELECT max(modseq) FROM expunged").fetchone()[0]
+    conn.close()
+    assert top == later.modseq >= max(biggest, gone)
+
+
+def test_many_new_files_are_measured_before_the_lock(maildir, opened, monkeypatch):
+    monkeypatch.setattr(index_module, "_PREMEASURE", 1)
+    for i in range(5):
+        put(maildir, f"{i}.X", b"a\n" * (i + 1), mtime=1000 + i)
+    ix = opened(maildir)
+    assert [(r.key, r.size, r.rfc822_size) for r in ix.records()] == [
+        (f"{i}.X", 2 * (i + 1), 3 * (i + 1)) for i in range(5)]
