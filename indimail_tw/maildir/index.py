@@ -760,6 +760,26 @@ class FolderIndex:
         i = self._position(uid)
         return self._modseqs[i] if i >= 0 else None
 
+    def recent_count(self) -> int:
+        """How many messages of the view the next :meth:`claim_recent` would get
+        (STATUS RECENT); claims nothing."""
+        mark = self._conn.execute("SELECT recent_mark FROM meta").fetchone()[0]
+        return len(self._uids) - bisect.bisect_left(self._uids, mark)
+
+    def status_counts(self) -> dict[str, int]:
+        """STATUS MESSAGES, UNSEEN, DELETED and SIZE (sum of RFC822.SIZE) of the view,
+        without building a record for each message."""
+        seen = [("\\Seen" in f, "\\Deleted" in f) for f in self._fsets]
+        unseen = deleted = 0
+        for fid in self._fids:
+            is_seen, is_deleted = seen[fid]
+            unseen += not is_seen
+            deleted += is_deleted
+        size = self._conn.execute("SELECT coalesce(sum(rfc822_size), 0) FROM messages"
+                                  " WHERE uid < ?", (self.uidnext,)).fetchone()[0]
+        return {"MESSAGES": len(self._uids), "UNSEEN": unseen, "DELETED": deleted,
+                "SIZE": size}
+
     def records(self, uids: Iterable[int] | None = None) -> list[MessageRecord]:
         """Every message, ascending uid (as of the last sync); ``uids`` limits
         them to those (in the view) uids."""

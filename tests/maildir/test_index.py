@@ -681,3 +681,22 @@ def test_many_new_files_are_measured_before_the_lock(maildir, opened, monkeypatc
     ix = opened(maildir)
     assert [(r.key, r.size, r.rfc822_size) for r in ix.records()] == [
         (f"{i}.X", 2 * (i + 1), 3 * (i + 1)) for i in range(5)]
+
+
+def test_status_counts_and_recent_count(maildir, message, opened):
+    for _ in range(4):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    ix.store_flags(1, SEEN)
+    ix.store_flags(2, frozenset({"\\Seen", "\\Deleted"}))
+    ix.store_flags(3, frozenset({"\\Deleted", "$K"}))
+    assert ix.status_counts() == {"MESSAGES": 4, "UNSEEN": 2, "DELETED": 2,
+                                  "SIZE": 4 * rfc822_size(MESSAGE)}
+    assert ix.recent_count() == 4
+    other = opened(maildir)
+    assert other.claim_recent() == {1, 2, 3, 4}
+    assert ix.recent_count() == 0
+    deliver(maildir, message)
+    ix.sync()
+    assert ix.recent_count() == 1
+    assert ix.status_counts()["MESSAGES"] == 5
