@@ -566,3 +566,43 @@ def test_parse_date_time_zones():
     assert t == datetime.datetime(1996, 7, 17, 9, 44, 25, tzinfo=datetime.UTC).timestamp()
     with pytest.raises(g.BadArgs):
         g.parse_date_time(String(b"17-Jul-1996 02:44:25 0700"))
+
+
+# -- fuzzing ---------------------------------------------------------------------
+
+_NAMES = [b"FETCH", b"UID FETCH", b"STORE", b"UID STORE", b"SEARCH", b"UID SEARCH", b"COPY",
+          b"MOVE", b"UID EXPUNGE", b"APPEND", b"SELECT", b"EXAMINE", b"LIST", b"LSUB",
+          b"STATUS", b"CREATE", b"RENAME", b"LOGIN", b"AUTHENTICATE", b"ENABLE", b"ID",
+          b"SETQUOTA", b"GETQUOTA", b"GETQUOTAROOT", b"COMPRESS", b"NOOP", b"EXPUNGE"]
+_WORDS = [b"1", b"1:*", b"*", b"$", b"0", b"2,4:5", b"(", b")", b"()", b'""', b'"x"', b"NIL",
+          b"FLAGS", b"+FLAGS.SILENT", b"\\Seen", b"\\Recent", b"BODY[]", b"BODY.PEEK[1.MIME]",
+          b"BINARY[1]<0.5>", b"BODY[HEADER.FIELDS (a b)]", b"<0.1>", b"ALL", b"OR", b"NOT",
+          b"SINCE", b"1-Jan-2000", b"HEADER", b"UID", b"RETURN", b"CHARSET", b"UTF-8",
+          b"CHANGEDSINCE", b"VANISHED", b"UNCHANGEDSINCE", b"QRESYNC", b"CONDSTORE",
+          b"STATUS", b"MESSAGES", b"USE", b"\\Drafts", b"UTF8", b"{1+}\r\nx", b"~{1+}\r\n\x00",
+          b'"07-Feb-1994 21:52:25 -0800"', b"INBOX", b"&AOk-", b"MODSEQ", b"KEYWORD", b"%",
+          b"99999999999999999999999", b"SUBSCRIBED", b"RECURSIVEMATCH", b"SPECIAL-USE",
+          b"STORAGE", b"TEXT", b"LARGER", b"=", b"PLAIN"]
+
+
+def test_fuzz_grammar_raises_only_its_own_errors():
+    import random
+
+    from indimail_tw.imap4.parser import ParseError
+    rng = random.Random(99)
+    parsed = 0
+    for _ in range(4000):
+        line = b"t " + rng.choice(_NAMES) + b"".join(
+            b" " + rng.choice(_WORDS) for _ in range(rng.randrange(8)))
+        for event in IMAPParser().feed(line + b"\r\n"):
+            if isinstance(event, ParseError):
+                continue
+            if not isinstance(event, Command):
+                continue
+            for utf8 in (False, True):
+                try:
+                    g.parse(event, utf8=utf8)
+                    parsed += 1
+                except (g.BadArgs, g.BadCharset):
+                    pass
+    assert parsed > 50
