@@ -43,11 +43,7 @@ from indimail_tw.auth import sasl
 from indimail_tw.imap4 import grammar, wire
 from indimail_tw.imap4.config import IMAPConfig
 from indimail_tw.imap4.mailboxes import MailboxCommands
-try:
-    from indimail_tw.imap4.messages import MessageCommands
-except ImportError:                    # the message commands land separately
-    class MessageCommands:             # type: ignore[no-redef]
-        pass
+from indimail_tw.imap4.messages import MessageCommands
 from indimail_tw.imap4.parser import ContinuationNeeded, ParseError, RawLine
 from indimail_tw.imap4.tokens import Atom, Command
 from indimail_tw.maildir import folders as mfolders
