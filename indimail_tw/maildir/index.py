@@ -41,6 +41,13 @@ How it works
   rebuilt; the rebuilt index has a new UIDVALIDITY (never a reused one: the
   last is remembered in ``indimail_tw-uidvalidity``) and the next sync of an
   open object reports ``uidvalidity_changed``.
+
+Beyond the original contract: ``Changes.uidvalidity_changed``; the light view
+accessors ``uids()``, ``flags(uid)``, ``modseq(uid)``, ``len()``,
+``recent_count()``, ``status_counts()`` and ``records(uids)`` (use these on big
+folders: a MessageRecord costs ~400 bytes, the view 16); ``store_many()`` (one
+transaction for a STORE over many messages); ``changed_since_last_sync()``
+(cheap IDLE poll); ``IndexVersionError``; ``rfc822_size()``; ``flags_of()``.
 """
 
 from __future__ import annotations
