@@ -171,7 +171,8 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
 
 
 def _order(flags: frozenset) -> list[str]:
-    return sorted(flags, key=lambda f: (not f.startswith("\\"), f))
+    from indimail_tw.imap4.selected import order_flags
+    return order_flags(flags)
 
 
 def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:

@@ -39,6 +39,11 @@ def uid_set(uids: Iterable[int]) -> bytes:
     return b",".join(out)
 
 
+def order_flags(flags: Iterable[str]) -> list[str]:
+    """System flags first, then keywords, each sorted (a stable, readable order)."""
+    return sorted(flags, key=lambda f: (not f.startswith("\\"), f))
+
+
 class BadSequence(Exception):
     """A message sequence number beyond the mailbox (RFC 9051 6.4: BAD)."""
 
@@ -121,7 +126,7 @@ class SelectedMailbox:
         items = []
         if with_uid or self.condstore:        # RFC 7162 3.1: UID and MODSEQ
             items.append(b"UID %d" % uid)
-        items.append(b"FLAGS " + wire.flags(sorted(self.flags(uid))))
+        items.append(b"FLAGS " + wire.flags(order_flags(self.flags(uid))))
         if self.condstore:
             items.append(b"MODSEQ (%d)" % (self.index.modseq(uid) or 0))
         return wire.untagged(b"%d FETCH " % seq + wire.plist(items))
