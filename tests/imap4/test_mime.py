@@ -95,7 +95,7 @@ def test_address_parsing(value, expected):
 
 def test_envelope_keeps_encoded_words_and_sends_8bit_as_literal():
     data, root = parsed("Subject: =?iso-8859-1?q?caf=E9?=\nFrom: Zoë <z@x.org>\n\n"
-                        .encode("utf-8"))
+                        .encode())
     env = mime.envelope(root)
     assert b'"=?iso-8859-1?q?caf=E9?="' in env
     assert b'{4}\r\nZo\xc3\xab' in env
@@ -350,7 +350,8 @@ def test_binary_decodings():
     b"Content-Type: text/plain; charset=\"unterminated\n\nx",
     b"From: <<<@@@>>> ,,, ;;; :::\nTo: \"unterminated\nCc: (unterminated\n\n",
     b"\x00\xff\xfe garbage \r\r\r\n\n\n\x80",
-    b"Content-Type: multipart/mixed; boundary=a\n\n" + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 60,
+    b"Content-Type: multipart/mixed; boundary=a\n\n"
+    + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 60,
 ])
 def test_malformed_messages_get_a_structure(raw):
     data, root = parsed(raw)
