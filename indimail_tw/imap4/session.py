@@ -216,6 +216,7 @@ class IMAPSession(MailboxCommands, MessageCommands):
 
     def connection_lost(self) -> None:
         self._end_selection()
+        self.state = LOGOUT
         self._auth = None
         self.idling = None
         session, self._login_session = self._login_session, None

@@ -1,0 +1,174 @@
+"""The IMAP protocol adapter: order, flow control, failures, COMPRESS framing, fatal input."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+from twisted.internet import defer
+
+from tests.imap4.session_support import Server, put
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.cleanup()
+
+
+def test_large_reply_waits_for_the_reader(server):
+    conn = server.connect()
+    conn.login()
+    body = b"Subject: big\n\n" + b"x" * 100_000 + b"\n"
+    for _ in range(10):
+        put(server.maildir(), body)
+    conn.ask("s SELECT INBOX")
+    write = conn.transport.write
+
+    def full_after_each_write(data):             # a client that reads slowly
+        write(data)
+        conn.proto.pauseProducing()
+
+    conn.transport.write = full_after_each_write
+    conn.send("f FETCH 1:* BODY.PEEK[]\r\nn NOOP\r\n")
+    chunks = [conn.output()]
+    while conn.proto._reply is not None or conn.proto._events:
+        conn.proto.resumeProducing()
+        chunks.append(conn.output())
+    assert len(chunks) >= 10
+    assert all(len(c) < 200_000 for c in chunks)   # one chunk per write, not everything
+    everything = b"".join(chunks)
+    assert everything.count(b"x" * 100_000) == 10
+    assert everything.index(b"f OK") < everything.index(b"n OK NOOP completed")
+    assert everything.endswith(b"n OK NOOP completed\r\n")
+
+
+def test_pipelining_pauses_reading_when_many_commands_wait(server):
+    server.login.gate = gate = defer.Deferred()
+    conn = server.connect()
+    conn.proto.session.tls = True
+    conn.output()
+    conn.send("a LOGIN alice@example.com s3cret\r\n" + "".join(
+        f"n{i} NOOP\r\n" for i in range(50)))
+    assert conn.transport.producerState == "paused"
+    gate.callback(None)
+    lines = conn.lines()
+    assert lines[0].startswith("a OK")
+    assert lines[1:] == [f"n{i} OK NOOP completed" for i in range(50)]
+    assert conn.transport.producerState == "producing"
+
+
+def test_unexpected_exception_is_a_temporary_no(server):
+    conn = server.connect()
+    conn.login()
+
+    def broken(tag, args):
+        raise RuntimeError("boom")
+
+    conn.proto.session.do_namespace = broken
+    assert conn.ask("a NAMESPACE") == ["a NO [SERVERBUG] Internal error, try again later"]
+    conn.proto.session.do_namespace = lambda tag, args: defer.fail(RuntimeError("late"))
+    assert conn.ask("b NAMESPACE") == ["b NO [SERVERBUG] Internal error, try again later"]
+
+    def half(tag, args):
+        yield b"* NAMESPACE NIL NIL NIL\r\n"
+        raise RuntimeError("midway")
+
+    conn.proto.session.do_namespace = half
+    assert conn.ask("c NAMESPACE") == ["* NAMESPACE NIL NIL NIL",
+                                       "c NO [SERVERBUG] Internal error, try again later"]
+    assert conn.tagged("d NOOP") == "d OK NOOP completed"
+    assert not conn.closed
+
+
+def test_fatal_input_says_bye():
+    s = Server(environ={"APPENDLIMIT": "1000"})
+    try:
+        conn = s.connect()
+        conn.login()
+        answer = conn.ask("a APPEND INBOX {400000000+}")
+        assert answer[0].startswith("a BAD") and answer[-1].startswith("* BYE"), answer
+        assert conn.closed
+    finally:
+        s.cleanup()
+
+
+def test_append_limit_is_the_literal_bound():
+    s = Server(environ={"APPENDLIMIT": "1000"})
+    try:
+        conn = s.connect()
+        conn.login()
+        assert conn.proto.parser.max_literal == 1000
+        assert "APPENDLIMIT=1000" in conn.ask("c CAPABILITY")[0].split()
+        answer = conn.ask("a APPEND INBOX {2000}")
+        assert answer[0].startswith("a "), answer
+        assert "+ " not in answer[0]
+        assert conn.tagged("b NOOP") == "b OK NOOP completed"
+    finally:
+        s.cleanup()
+
+
+def test_compress_takes_data_sent_with_the_command(server):
+    conn = server.connect()
+    conn.login()
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    inflate = zlib.decompressobj(-15)
+    conn.send(b"a COMPRESS DEFLATE\r\n" + deflate.compress(b"b NOOP\r\n")
+              + deflate.flush(zlib.Z_SYNC_FLUSH))
+    out = conn.output()
+    assert out.startswith(b"a OK DEFLATE active\r\n")
+    assert inflate.decompress(out[len(b"a OK DEFLATE active\r\n"):]) == (
+        b"b OK NOOP completed\r\n")
+
+
+def test_compressed_bomb_is_bounded(server):
+    conn = server.connect()
+    conn.login()
+    conn.ask("a COMPRESS DEFLATE")
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    inflate = zlib.decompressobj(-15)
+    bomb = deflate.compress(b"b NOOP " + b"x" * 20_000_000) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    assert len(bomb) < 100_000
+    conn.send(bomb)
+    assert len(conn.proto.parser._buf) < 200_000
+    conn.send(deflate.compress(b"\r\nc NOOP\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+    out = inflate.decompress(conn.output())
+    assert b"BAD" in out and out.endswith(b"c OK NOOP completed\r\n")
+
+
+def test_idle_loop_only_while_idling(server):
+    conn = server.connect()
+    conn.login()
+    conn.ask("a SELECT INBOX")
+    assert len(server.clock.getDelayedCalls()) == 1          # the autologout timer
+    conn.ask("b IDLE")
+    assert len(server.clock.getDelayedCalls()) == 2
+    conn.ask("DONE")
+    assert len(server.clock.getDelayedCalls()) == 1
+
+
+def test_early_talker_waits_for_the_greeting(server):
+    conn = server.connect()
+    conn.send("a NOOP\r\nb NOOP\r\n")
+    assert conn.lines()[1:] == ["a OK NOOP completed", "b OK NOOP completed"]
+
+
+def test_bytewise_input(server):
+    conn = server.connect()
+    conn.output()
+    for byte in b'a ID ("name" {3}\r\nabc)\r\nb NOOP\r\n':
+        conn.send(bytes([byte]))
+    assert conn.lines() == ["+ Ready for literal data", "* ID NIL", "a OK ID completed",
+                            "b OK NOOP completed"]
+
+
+def test_connection_lost_mid_command(server):
+    server.login.gate = gate = defer.Deferred()
+    conn = server.connect()
+    conn.proto.session.tls = True
+    conn.send("a LOGIN alice@example.com s3cret\r\n")
+    conn.lose()
+    gate.callback(None)
+    assert server.login.logouts == ["alice@example.com"]
+    assert server.clock.getDelayedCalls() == []
