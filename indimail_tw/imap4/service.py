@@ -14,7 +14,8 @@ STARTTLS is offered only when it exists; ``--imaps ssl:993`` without TLS
 material listens as ``tcp:`` and starts TLS itself on every connection, so a
 renewed certificate is picked up without a restart.
 
-When the service stops, every open connection gets ``* BYE`` and is closed.
+When the listener stops (the server stops, also under ``--workers``), every open
+connection gets ``* BYE`` and is closed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import strports
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
@@ -139,7 +140,11 @@ class IMAPFactory(protocol.Factory):
             proto.admitted = False
             self.limiter.release(proto.client.remote_ip)
 
+    def stopFactory(self) -> None:  # noqa: N802 -- the listener stopped: the server stops
+        self.shutdown()
+
     def shutdown(self) -> None:
+        """``* BYE`` to every connection, then close it."""
         for proto in list(self.connections):
             try:
                 proto.shutdown()
@@ -147,25 +152,10 @@ class IMAPFactory(protocol.Factory):
                 log.failure("closing an IMAP connection")
 
 
-class IMAPListener(service.MultiService):
-    """The listening port; on stop, BYE to every connection."""
-
-    def __init__(self, factory: IMAPFactory, description: str) -> None:
-        super().__init__()
-        self.factory = factory
-        self.name = f"imap:{description}"
-        strports.service(description, factory, reactor=factory.clock).setServiceParent(self)
-
-    def stopService(self):  # noqa: N802
-        d = super().stopService()
-        self.factory.shutdown()
-        return d
-
-
 def build(context: Any, spec: Any, description: str) -> Any:
     """The listening service for ``spec`` (imap or imaps) on ``description``."""
     factory, description = listener(context, spec, description)
-    return IMAPListener(factory, description)
+    return strports.service(description, factory, reactor=factory.clock)
 
 
 def listener(context: Any, spec: Any, description: str) -> tuple[IMAPFactory, str]:

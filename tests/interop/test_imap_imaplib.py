@@ -183,3 +183,19 @@ class IMAPInteropTests(unittest.TestCase):
                 client.logout()
 
         yield threads.deferToThread(session)
+
+    @defer.inlineCallbacks
+    def test_server_stop_says_bye(self):
+        import socket
+
+        port = self.listen()
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        reader = sock.makefile("rb")
+        greeting = yield threads.deferToThread(reader.readline)
+        self.assertTrue(greeting.startswith(b"* OK [CAPABILITY "))
+        listening = self.ports.pop()
+        yield listening.stopListening()
+        bye = yield threads.deferToThread(reader.readline)
+        self.assertEqual(bye, b"* BYE Server shutting down\r\n")
+        self.assertEqual((yield threads.deferToThread(reader.readline)), b"")
