@@ -105,7 +105,7 @@ class Maildrop:
         the index is synced and the file is looked for under its new name.
         """
         try:
-            return open(message.path, "rb")  # noqa: SIM115 -- the caller closes it
+            return open(message.path, "rb", buffering=0)  # noqa: SIM115 -- the caller closes it
         except FileNotFoundError:
             pass
         self.index.sync()
@@ -114,7 +114,7 @@ class Maildrop:
             raise MessageGone(message.uid)
         message.path = record.path
         try:
-            return open(record.path, "rb")  # noqa: SIM115
+            return open(record.path, "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
             raise MessageGone(message.uid) from None
 

@@ -175,12 +175,14 @@ class MessageEncoder:
     def _encode(self, data: bytes) -> bytes:
         if not data:
             return b""
-        data = data.replace(b"\r\n", b"\n")
+        # the scans (in) are much cheaper than the copies (replace) they often spare
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
         if self._remaining is not None:
             data = self._limit(data)
             if not data:
                 return b""
-        stuffed = data.replace(b"\n.", b"\n..")
+        stuffed = data.replace(b"\n.", b"\n..") if b"\n." in data else data
         if self._line_start and stuffed.startswith(b"."):
             stuffed = b"." + stuffed
         self._line_start = stuffed.endswith(b"\n")

@@ -55,10 +55,11 @@ def no_delay(transport: Any) -> None:
 class _MessageStream:
     """Sends one big message: a chunk each time the transport asks for more."""
 
-    def __init__(self, proto: POP3ServerProtocol, body: MessageBody) -> None:
+    def __init__(self, proto: POP3ServerProtocol, body: MessageBody,
+                 encoder: MessageEncoder | None = None) -> None:
         self.proto = proto
         self.file = body.file
-        self.encoder = MessageEncoder(body.lines)
+        self.encoder = encoder or MessageEncoder(body.lines)
         self.progressed = True
         self.finished = False
 
@@ -215,24 +216,32 @@ class POP3ServerProtocol(protocol.Protocol):
 
     def _send_body(self, response: Response) -> None:
         body = response.body
+        encoder = None
         if body.size <= SMALL_MESSAGE:
+            # the file is at most its RFC 822 size: one read of that size gets all of it
             try:
-                with body.file as f:
-                    data = f.read(SMALL_MESSAGE + 1)
-                    rest = f.read() if len(data) > SMALL_MESSAGE else b""
+                data = b""
+                while len(data) <= body.size:
+                    chunk = body.file.read(body.size + 1 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
             except OSError:
+                body.file.close()
                 log.failure("POP3: reading a message failed")
                 self._emit(err(INTERNAL_ERROR))
                 return
             encoder = MessageEncoder(body.lines)
             out = encoder.feed(data)
-            if rest:                     # it grew since the index measured it
-                out += encoder.feed(rest)
-            self.transport.write(response.data + out + encoder.finish())
-            return
-        self.transport.write(response.data)
+            if len(data) <= body.size or encoder.done:
+                body.file.close()
+                self.transport.write(response.data + out + encoder.finish())
+                return
+            self.transport.write(response.data + out)      # it grew: stream the rest
+        else:
+            self.transport.write(response.data)
         self._waiting = True
-        self._stream = _MessageStream(self, body)
+        self._stream = _MessageStream(self, body, encoder)
         self.transport.registerProducer(self._stream, False)
 
     def stream_done(self) -> None:

@@ -299,7 +299,7 @@ class POP3Session(LoginCommands):
 
         try:
             # the usual case, without a thread: the file is where the index last saw it
-            file = open(message.path, "rb")  # noqa: SIM115 -- the protocol closes it
+            file = open(message.path, "rb", buffering=0)  # noqa: SIM115 -- the protocol closes it
         except FileNotFoundError:
             d = self._job(self.maildrop.open_message, message)
             return d.addCallbacks(opened, self._open_failed)

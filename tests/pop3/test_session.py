@@ -518,6 +518,17 @@ class BoundsTests(Base):
         self.assertEqual(out, f"+OK {len(expected) - 3 - 40000} octets\r\n".encode()
                          + expected + b"+OK\r\n")
 
+    def test_message_bigger_than_the_index_says(self):
+        path = self.pop.put(b"Subject: grows\n\nsmall\n")
+        conn = self.pop.logged_in()
+        with open(path, "ab") as f:            # no Maildir tool does this; still no truncation
+            f.write(b".more\n" * 100000)
+        conn.output()
+        conn.send("RETR 1\r\n")
+        out = conn.output()
+        self.assertTrue(out.endswith(b"\r\n..more\r\n.\r\n"))
+        self.assertEqual(out.count(b"..more\r\n"), 100000)
+
     def test_stream_closed_when_client_stops_reading(self):
         self.pop.put(b"Subject: big\n\n" + b"x" * 1000000 + b"\n")
         conn = self.pop.logged_in()
