@@ -66,8 +66,8 @@ class IMAPFactory(protocol.Factory):
             from indimail_tw.auth.maillogin import MailLogin
             login = MailLogin(context, "imap", clock)
         self.login = login
-        reactor = clock
-        self.run = run or (lambda fn, *args: mindex.run(reactor, fn, *args))
+        threads = getattr(context, "reactor", None) or clock    # whose thread pool
+        self.run = run or (lambda fn, *args: mindex.run(threads, fn, *args))
         self.resolve = resolve or reverse_dns
         self.limiter = ConnectionLimiter()
         self.connections: set[IMAPServerProtocol] = set()
