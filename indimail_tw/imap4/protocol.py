@@ -58,6 +58,7 @@ class IMAPServerProtocol(protocol.Protocol):
         self._tag: bytes | None = None   # the tag of the command being answered
         self._busy = True                # until the greeting is out
         self._pumping = False
+        self._raw = False                # the parser's raw line mode, as last set
         self._closing = False
         self._out_paused = False
         self._in_paused = False
@@ -228,8 +229,9 @@ class IMAPServerProtocol(protocol.Protocol):
             self._start_idle()
         elif session.idling is None and self._idle is not None:
             self._stop_idle()
-        if self.parser.paused:
-            events = self.parser.raw_line_mode(session.raw_mode)
+        if self.parser.paused or self._raw != session.raw_mode:
+            self._raw = session.raw_mode
+            events = self.parser.raw_line_mode(self._raw)
         self._events.extend(events)
         self._busy = False
         self._arm_timer()

@@ -250,6 +250,11 @@ class IMAPSession(MailboxCommands, MessageCommands):
 
     def _parse_error(self, event: ParseError) -> list[bytes]:
         text = event.text or "Invalid command"
+        if event.tag is None and (self._auth is not None or self.idling is not None):
+            # a bad line inside AUTHENTICATE or IDLE ends that command
+            tag = self._auth[0] if self._auth is not None else self.idling
+            self._auth, self.idling, self.raw_mode = None, None, False
+            event = ParseError(tag, text, event.fatal)
         line = (tagged(event.tag, "BAD", text) if event.tag is not None
                 else wire.untagged_status("BAD", text))
         if event.fatal:

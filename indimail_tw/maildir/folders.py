@@ -10,8 +10,9 @@ A parent need not exist: ``.A.B`` alone makes ``A`` a non-selectable
 
 Names are Python ``str``.  On disk a name is stored in modified UTF-7 (RFC 3501
 5.1.3), as Dovecot and Courier do, so ``Entwürfe`` is ``.Entw&APw-rfe``.
-Refused: empty names, ``/``, control characters, a leading, trailing or
-doubled ``.``, a level ``.``/``..`` and names longer than :data:`MAX_NAME`.
+Refused: empty names, ``/``, the LIST wildcards ``*`` and ``%``, control
+characters, a leading, trailing or doubled ``.``, a level ``.``/``..`` and
+names longer than :data:`MAX_NAME`.
 ``INBOX`` is case-insensitive, also as the first level of a longer name.
 
 Subscriptions live in ``courierimapsubscribed`` (Courier's format: one name
@@ -99,7 +100,7 @@ def validate(name: str) -> str:
     name = canonical(name)
     if len(name) > MAX_NAME:
         raise BadFolderName("Mailbox name too long")
-    if "/" in name or _CONTROL.search(name):
+    if "/" in name or "*" in name or "%" in name or _CONTROL.search(name):
         raise BadFolderName("Invalid characters in mailbox name")
     levels = name.split(SEPARATOR)
     if any(level in ("", ".", "..") for level in levels):

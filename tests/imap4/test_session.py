@@ -379,3 +379,18 @@ def test_special_use_folders_at_first_login(server):
         '* LIST (\\HasNoChildren \\Sent) "." Sent',
         '* LIST (\\HasNoChildren \\Trash) "." Trash',
     ]
+
+
+def test_overlong_line_ends_authenticate_and_idle(server):
+    conn = server.connect()
+    conn.proto.session.tls = True
+    conn.output()
+    conn.ask("a AUTHENTICATE PLAIN")
+    answer = conn.ask("x" * 70000)
+    assert len(answer) == 1 and answer[0].startswith("a BAD"), answer
+    assert conn.tagged("b NOOP") == "b OK NOOP completed"
+    conn.login()
+    conn.ask("c IDLE")
+    answer = conn.ask("y" * 70000)
+    assert len(answer) == 1 and answer[0].startswith("c BAD"), answer
+    assert conn.tagged("d NOOP") == "d OK NOOP completed"

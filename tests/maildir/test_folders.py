@@ -25,7 +25,8 @@ def put(maildir: str, sub: str, name: str, data: bytes = b"Subject: x\n\nbody\n"
     return path
 
 
-@pytest.mark.parametrize("name", ["", ".", "a.", ".a", "a..b", "a/b", "a\x00b", "a\rb",
+@pytest.mark.parametrize("name", ["", ".", "a.", ".a", "a..b", "a/b", "a\x00b", "a\rb", "a*",
+                                  "%",
                                   "x" * 300])
 def test_invalid_names(name):
     with pytest.raises(mf.BadFolderName):
