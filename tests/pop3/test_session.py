@@ -572,3 +572,52 @@ class RulesAndLimitsTests(Base):
         conns[0].lose()
         self.assertTrue(Conn(factory).output().startswith(b"+OK"))
         self.assertTrue(Conn(factory, ip="198.51.100.7").output().startswith(b"+OK"))
+
+
+class CrossProcessLockTests(Base):
+    def test_lock_held_by_another_process(self):
+        import subprocess
+        import sys
+
+        self.mailbox(M1)
+        maildir = self.pop.maildir()
+        script = ("import fcntl, os, sys\n"
+                  f"fd = os.open({os.path.join(maildir, LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
+                  "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                  "print('locked', flush=True)\n"
+                  "sys.stdin.read()\n")
+        holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(holder.stdout.readline().strip(), "locked")
+            conn = self.pop.connect()
+            conn.ask("USER alice@example.com")
+            self.assertTrue(conn.first(f"PASS {PASSWORD}").startswith("-ERR [IN-USE]"))
+        finally:
+            holder.stdin.close()
+            holder.wait(30)
+        self.pop.logged_in()                 # the other process is gone: so is its lock
+
+
+class FuzzTests(Base):
+    def test_random_commands_never_break_the_session(self):
+        """Any input gets +OK, -ERR or a continuation, never an internal error."""
+        import random
+
+        rng = random.Random(1939)
+        words = ["USER", "PASS", "AUTH", "APOP", "CAPA", "STLS", "STAT", "LIST", "RETR",
+                 "TOP", "DELE", "RSET", "NOOP", "UIDL", "XTND", "PLAIN", "LOGIN", "*", "=",
+                 "0", "1", "2", "-1", "99999999999", "alice@example.com", PASSWORD, "\xff",
+                 "AGFsaWNlQGV4YW1wbGUuY29tAHMzY3JldA=="]
+        self.mailbox(M1, M2, M3)
+        for round_ in range(40):
+            conn = self.pop.connect() if round_ % 2 else self.pop.logged_in()
+            for _ in range(30):
+                if conn.closed:
+                    break
+                line = " ".join(rng.choice(words) for _ in range(rng.randint(0, 3)))
+                if line.upper().startswith(("STLS", "QUIT")):
+                    continue
+                for reply in conn.ask(line):
+                    self.assertNotIn("Temporary failure", reply)
+            conn.lose()
