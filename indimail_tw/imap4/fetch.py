@@ -49,32 +49,48 @@ def load_message(path: str) -> bytes:
 
 
 class Loaded:
-    """One message's content for FETCH: CRLF data (or None) and its tree (or None)."""
+    """One message's content for FETCH: CRLF data (or None), its tree, and the
+    rendered structure items from the cache (or None)."""
 
-    __slots__ = ("data", "root", "fresh")
+    __slots__ = ("data", "_root", "fresh", "pre")
 
-    def __init__(self, data: bytes | None, root: mime.Part | None, fresh: bool = False):
+    def __init__(self, data: bytes | None, root: mime.Part | None, fresh: bool = False,
+                 pre: mime.Structure | None = None):
         self.data = data
-        self.root = root
+        self._root = root
         self.fresh = fresh          # parsed now: put into the cache
+        self.pre = pre
+
+    @property
+    def root(self) -> mime.Part:
+        if self._root is None:
+            try:
+                self._root = self.pre.root
+            except (AttributeError, ValueError, TypeError, IndexError, KeyError):
+                # a damaged cache entry: parse again (and cache the new tree)
+                self._root = mime.parse(self.data or b"")
+                self.fresh = self.data is not None
+        return self._root
 
 
-def _read_batch(jobs: list[tuple[int, str, mime.Part | None, bool]]) -> dict[int, Loaded]:
+def _read_batch(jobs: list[tuple[int, str, mime.Structure | None, bool]]
+                ) -> dict[int, Loaded]:
     """In a thread: read (and parse when needed) the files of ``jobs``
-    [(uid, path, cached tree, need data)]; a vanished file is left out."""
+    [(uid, path, cached structure, need data)]; a vanished file is left out."""
     out: dict[int, Loaded] = {}
-    for uid, path, root, need_data in jobs:
+    for uid, path, pre, need_data in jobs:
         try:
             data = load_message(path)
-        except FileNotFoundError:
-            continue
         except OSError:
             continue
-        fresh = root is None
-        if fresh:
-            root = mime.parse(data)
-        out[uid] = Loaded(data if need_data else None, root, fresh)
+        out[uid] = _loaded(data, pre, need_data)
     return out
+
+
+def _loaded(data: bytes, pre: mime.Structure | None, need_data: bool) -> Loaded:
+    if pre is None:
+        return Loaded(data if need_data else None, mime.parse(data), True)
+    return Loaded(data if need_data else None, None, False, pre)
 
 
 class FetchPlan:
@@ -99,6 +115,8 @@ class FetchPlan:
         self.has_flags = "FLAGS" in names
         self.has_modseq = "MODSEQ" in [i.name for i in items]
         self.has_uid = "UID" in [i.name for i in items]
+        # FETCH 1:* (UID FLAGS) on a big folder: the index's view is enough
+        self.view_only = all(i.name in ("UID", "FLAGS", "MODSEQ") for i in items)
         self.utf8 = bool(getattr(sel.session, "utf8", False))
 
 
@@ -122,7 +140,7 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
         if name == "UID":
             out.append(b"UID %d" % rec.uid)
         elif name == "FLAGS":
-            out.append(b"FLAGS " + wire.flags(_order(flags)))
+            out.append(b"FLAGS " + flag_list(flags))
         elif name == "INTERNALDATE":
             out.append(b"INTERNALDATE " + internaldate(rec.internaldate))
         elif name == "RFC822.SIZE":
@@ -132,11 +150,16 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
         elif name == "MODSEQ":
             out.append(b"MODSEQ (%d)" % rec.modseq)
         elif name == "ENVELOPE":
-            out.append(b"ENVELOPE " + mime.envelope(loaded.root, utf8))
+            pre = None if utf8 else loaded.pre
+            out.append(b"ENVELOPE " + (pre.envelope if pre else mime.envelope(loaded.root, utf8)))
         elif name == "BODY":
-            out.append(b"BODY " + mime.bodystructure(loaded.root, False, utf8))
+            pre = None if utf8 else loaded.pre
+            out.append(b"BODY " + (pre.body if pre else
+                                   mime.bodystructure(loaded.root, False, utf8)))
         elif name == "BODYSTRUCTURE":
-            out.append(b"BODYSTRUCTURE " + mime.bodystructure(loaded.root, True, utf8))
+            pre = None if utf8 else loaded.pre
+            out.append(b"BODYSTRUCTURE " + (pre.bodystructure if pre else
+                                            mime.bodystructure(loaded.root, True, utf8)))
         elif name == "RFC822":
             out.append(b"RFC822 " + wire.literal(loaded.data))
         elif name in ("RFC822.HEADER", "RFC822.TEXT"):
@@ -164,7 +187,7 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
         if sel.condstore and not plan.has_uid:
             out.insert(0, b"UID %d" % rec.uid)
         if not plan.has_flags:
-            out.append(b"FLAGS " + wire.flags(_order(flags)))
+            out.append(b"FLAGS " + flag_list(flags))
         if sel.condstore and not plan.has_modseq:
             out.append(b"MODSEQ (%d)" % rec.modseq)
     return wire.untagged(b"%d FETCH " % seq + wire.plist(out))
@@ -173,6 +196,19 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
 def _order(flags: frozenset) -> list[str]:
     from indimail_tw.imap4.selected import order_flags
     return order_flags(flags)
+
+
+_FLAG_LISTS: dict[frozenset, bytes] = {}
+
+
+def flag_list(flags: frozenset) -> bytes:
+    """``(\\Seen $Work)`` for a flag set; the few distinct sets are rendered once."""
+    out = _FLAG_LISTS.get(flags)
+    if out is None:
+        out = wire.flags(_order(flags))
+        if len(_FLAG_LISTS) < 4096:
+            _FLAG_LISTS[flags] = out
+    return out
 
 
 def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
@@ -227,6 +263,8 @@ def do_fetch(session: Any, tag: bytes, args: Any):
             head.append(wire.untagged(b"VANISHED (EARLIER) " + uid_set(gone)))
     if args.changedsince is not None:
         msgs = [(s, u) for s, u in msgs if (index.modseq(u) or 0) > args.changedsince]
+    if plan.view_only:
+        return _view_lines(tag, plan, msgs, head)
     records = {r.uid: r for r in index.records([u for _, u in msgs])} if msgs else {}
     missing = [u for _, u in msgs if u not in records or u in sel.gone]
     if not (plan.need_content or plan.need_tree):
@@ -238,14 +276,14 @@ def do_fetch(session: Any, tag: bytes, args: Any):
         rec = records.get(uid)
         if rec is None or uid in sel.gone:
             continue
-        root = None
+        pre = None
         if plan.need_tree:
             blob = index.cache_get(uid, CACHE_KEY)
-            root = mime.load(blob) if blob else None
-        if root is not None and not plan.need_content:
-            cached[uid] = Loaded(None, root)
+            pre = mime.load_structure(blob) if blob else None
+        if pre is not None and not plan.need_content:
+            cached[uid] = Loaded(None, None, False, pre)
             continue
-        jobs.append((uid, rec.path, root, plan.need_content))
+        jobs.append((uid, rec.path, pre, plan.need_content))
         octets += rec.size
     if not jobs:
         return _finish(session, tag, plan, msgs, records, cached, head, bool(missing))
@@ -262,6 +300,39 @@ def do_fetch(session: Any, tag: bytes, args: Any):
         return _after_reads(session, tag, plan, msgs, records, cached, jobs, head, missing)
 
     return next_batch(None)
+
+
+def _view_lines(tag: bytes, plan: FetchPlan, msgs, head) -> list[bytes]:
+    """UID, FLAGS and MODSEQ only: no records, no file, nothing but the view."""
+    sel = plan.sel
+    index = sel.index
+    recent = sel.recent if not sel.rev2 else ()
+    gone = sel.gone
+    lines = list(head)
+    names = [i.name for i in plan.items]
+    incomplete = False
+    for seq, uid in msgs:
+        flags = index.flags(uid)
+        if flags is None or uid in gone:
+            incomplete = True
+            continue
+        if uid in recent:
+            flags = flags | {"\\Recent"}
+        out = []
+        for name in names:
+            if name == "UID":
+                out.append(b"UID %d" % uid)
+            elif name == "FLAGS":
+                out.append(b"FLAGS " + flag_list(flags))
+            else:
+                out.append(b"MODSEQ (%d)" % (index.modseq(uid) or 0))
+        lines.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(out)))
+    if incomplete:
+        lines.append(wire.tagged(tag, "NO", "Some of the requested messages no longer exist",
+                                 "EXPUNGEISSUED"))
+    else:
+        lines.append(wire.tagged(tag, "OK", "Fetch completed"))
+    return lines
 
 
 def _batches(jobs: list, records: dict) -> list[list]:
@@ -281,17 +352,15 @@ def _after_reads(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cache
                  head, missing) -> list[bytes]:
     index = plan.sel.index
     lost = False
-    for uid, _path, root, need_data in jobs:
+    for uid, _path, pre, need_data in jobs:
         if uid in cached:
             continue
         try:                                # renamed meanwhile? the index knows
             data = mime.normalise(index.read(uid))
-        except (FileNotFoundError, OSError):
+        except OSError:
             lost = True
             continue
-        fresh = root is None
-        cached[uid] = Loaded(data if need_data else None,
-                             mime.parse(data) if fresh else root, fresh)
+        cached[uid] = _loaded(data, pre, need_data)
     for uid, loaded in cached.items():
         if loaded.fresh:
             loaded.fresh = False

@@ -106,11 +106,16 @@ class MessageCommands:
         new_keywords = {f for f in given if not f.startswith("\\")} - sel.keywords
         if new_keywords and args.mode != "-":
             lines += sel._flags_lines_with(new_keywords)
+        plan: list[tuple[int, int, bool]] = []          # (seq, uid, store it)
+        updates: list[tuple[int, frozenset]] = []
         for seq, uid in msgs:
             if uid in sel.gone:
                 continue
             current = index.flags(uid)
             if current is None:
+                continue
+            if args.unchangedsince is not None and (index.modseq(uid) or 0) > args.unchangedsince:
+                modified.append(uid if args.uid else seq)
                 continue
             if args.mode == "+":
                 wanted = current | given
@@ -118,28 +123,26 @@ class MessageCommands:
                 wanted = current - given
             else:
                 wanted = given
-            changed = False
-            if args.unchangedsince is not None and (index.modseq(uid) or 0) > args.unchangedsince:
-                modified.append(uid if args.uid else seq)
-                continue
+            plan.append((seq, uid, wanted != current))
             if wanted != current:
-                rec = index.store_flags(uid, wanted, args.unchangedsince)
-                if rec is None:
-                    if args.unchangedsince is not None and index.flags(uid) is not None:
-                        modified.append(uid if args.uid else seq)
-                    continue
-                changed = True
+                updates.append((uid, frozenset(wanted)))
+        results = iter(index.store_many(updates, args.unchangedsince) if updates else ())
+        for seq, uid, stored in plan:
+            if stored and next(results) is None:
+                if args.unchangedsince is not None and index.flags(uid) is not None:
+                    modified.append(uid if args.uid else seq)
+                continue
             items: list[bytes] = []
-            if args.uid or (condstore and (changed or not args.silent)):
+            if args.uid or (condstore and (stored or not args.silent)):
                 items.append(b"UID %d" % uid)
             if not args.silent:
-                items.append(b"FLAGS " + wire.flags(fetch._order(sel.flags(uid))))
-            if condstore and (changed or not args.silent):
+                items.append(b"FLAGS " + fetch.flag_list(sel.flags(uid)))
+            if condstore and (stored or not args.silent):
                 items.append(b"MODSEQ (%d)" % (index.modseq(uid) or 0))
-            if not args.silent or (condstore and changed):
+            if not args.silent or (condstore and stored):
                 lines.append(wire.untagged(b"%d FETCH " % seq + wire.plist(items)))
         if modified:
-            code = b"MODIFIED " + uid_set(modified)
+            code = b"MODIFIED " + uid_set(modified)         # sorted, as a set
             lines.append(_tagged(tag, "OK", "Conditional STORE failed", code))
         else:
             lines.append(_tagged(tag, "OK", "Store completed"))

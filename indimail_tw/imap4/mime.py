@@ -31,7 +31,7 @@ import re
 from indimail_tw.imap4 import wire
 
 #: Structure cache format; bump when Part's serialisation changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_DEPTH = 40
 MAX_PARTS = 5000
 
@@ -539,16 +539,50 @@ def parse(data: bytes) -> Part:
 
 
 def dump(root: Part) -> bytes:
-    return json.dumps([CACHE_VERSION, root.to_list()], separators=(",", ":")).encode()
+    """The cache blob: the tree and, ready to send (without UTF8=ACCEPT), its
+    ENVELOPE, BODY and BODYSTRUCTURE."""
+    return json.dumps([CACHE_VERSION, root.to_list(), envelope(root).decode("latin-1"),
+                       bodystructure(root, False).decode("latin-1"),
+                       bodystructure(root, True).decode("latin-1")],
+                      separators=(",", ":")).encode()
+
+
+class Structure:
+    """A cache blob read back: the rendered items at once, the tree when asked."""
+
+    __slots__ = ("_tree", "_root", "envelope", "body", "bodystructure")
+
+    def __init__(self, tree: list, rendered: list[str]) -> None:
+        self._tree = tree
+        self._root: Part | None = None
+        self.envelope, self.body, self.bodystructure = (r.encode("latin-1") for r in rendered)
+
+    @property
+    def root(self) -> Part:
+        if self._root is None:
+            self._root = Part.from_list(self._tree)
+            self._tree = None
+        return self._root
+
+
+def load_structure(blob: bytes) -> Structure | None:
+    """A cache blob read back, or None when it is unusable (then parse again)."""
+    try:
+        version, tree, *rendered = json.loads(blob)
+        if version != CACHE_VERSION or len(rendered) != 3:
+            return None
+        if not isinstance(tree, list):
+            return None
+        return Structure(tree, rendered)
+    except (ValueError, TypeError, IndexError, KeyError, UnicodeError):
+        return None
 
 
 def load(blob: bytes) -> Part | None:
-    """The cached tree, or None when the blob is unusable (then parse again)."""
+    """The cached tree, or None when the blob is unusable."""
+    structure = load_structure(blob)
     try:
-        version, tree = json.loads(blob)
-        if version != CACHE_VERSION:
-            return None
-        return Part.from_list(tree)
+        return None if structure is None else structure.root
     except (ValueError, TypeError, IndexError, KeyError):
         return None
 

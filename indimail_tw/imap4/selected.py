@@ -133,14 +133,22 @@ class SelectedMailbox:
 
     # -- SELECT ----------------------------------------------------------------------------
 
-    def _flags_lines(self) -> list[bytes]:
-        keywords: set[str] = {"$Forwarded"}
-        for uid in self.uids:
-            for f in self.index.flags(uid) or ():
-                if not f.startswith("\\"):
-                    keywords.add(f)
-        self.keywords = keywords
-        return self._flags_response()
+    def _scan_flags(self) -> int | None:
+        """Collect the keywords in use; return the first unseen sequence number.
+        The index shares one frozenset among messages with the same flags, so each
+        distinct set is looked at once."""
+        flags_of = self.index.flags
+        done: set[int] = set()
+        unseen = None
+        keywords = self.keywords
+        for seq, uid in enumerate(self.uids, 1):
+            flags = flags_of(uid) or frozenset()
+            if unseen is None and "\\Seen" not in flags:
+                unseen = seq
+            if id(flags) not in done:
+                done.add(id(flags))
+                keywords.update(f for f in flags if not f.startswith("\\"))
+        return unseen
 
     def _flags_lines_with(self, keywords: set[str]) -> list[bytes]:
         """FLAGS and PERMANENTFLAGS again, now with ``keywords`` (a STORE adds them)."""
@@ -159,16 +167,16 @@ class SelectedMailbox:
         """The untagged responses of SELECT/EXAMINE (the session adds the tagged OK)."""
         index = self.index
         out = [wire.untagged(b"%d EXISTS" % self.exists)]
+        self.keywords = {"$Forwarded"}
+        unseen = self._scan_flags()
         if not self.rev2:
             out.append(wire.untagged(b"%d RECENT" % len(self.recent)))
-            unseen = next((i + 1 for i, uid in enumerate(self.uids)
-                           if "\\Seen" not in (index.flags(uid) or ())), None)
             if unseen is not None:
                 out.append(wire.untagged_status("OK", f"First unseen: {unseen}",
                                                 f"UNSEEN {unseen}"))
         out.append(wire.untagged_status("OK", "UIDs valid", f"UIDVALIDITY {index.uidvalidity}"))
         out.append(wire.untagged_status("OK", "Predicted next UID", f"UIDNEXT {index.uidnext}"))
-        out += self._flags_lines()
+        out += self._flags_response()
         if self.condstore:
             out.append(wire.untagged_status("OK", "Highest",
                                             f"HIGHESTMODSEQ {index.highestmodseq}"))

@@ -351,7 +351,7 @@ def test_unexpected_errors_become_no(h, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(fetch, "render", boom)
-    assert h.command("a FETCH 1 FLAGS") == [
+    assert h.command("a FETCH 1 (FLAGS INTERNALDATE)") == [
         b"a NO [SERVERBUG] FETCH failed: internal error\r\n"]
     monkeypatch.undo()
     monkeypatch.setattr(mime, "parse", boom)
