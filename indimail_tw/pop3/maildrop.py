@@ -129,6 +129,14 @@ class Maildrop:
         removed = set(self.index.expunge(sorted(present))) if present else set()
         return len(uids), len(uids) - len(present - removed)
 
+    def finish(self) -> tuple[int, int]:
+        """QUIT: :meth:`expunge`, then :meth:`close` whatever happened, so the lock is free
+        before the client reads ``+OK`` (a client that reconnects at once is not IN-USE)."""
+        try:
+            return self.expunge()
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Close the index and release the lock (idempotent)."""
         fd, self._lock_fd = self._lock_fd, None

@@ -194,8 +194,8 @@ class POP3Session(LoginCommands):
             self._release()
             return Response(b"+OK Logging out.\r\n", close=True)
         self.state = State.UPDATE
-        maildrop = self.maildrop
-        d = self._job(maildrop.expunge)
+        maildrop, self.maildrop = self.maildrop, None
+        d = self._job(maildrop.finish)
 
         def expunged(counts: tuple[int, int]) -> Response:
             asked, removed = counts

@@ -621,3 +621,44 @@ class FuzzTests(Base):
                 for reply in conn.ask(line):
                     self.assertNotIn("Temporary failure", reply)
             conn.lose()
+
+
+class QuitOrderTests(Base):
+    def test_lock_is_free_before_quit_is_answered(self):
+        import fcntl
+
+        jobs: list = []
+
+        def run(fn, *args):
+            d = defer.Deferred()
+            jobs.append((d, fn, args))
+            return d
+
+        def work():
+            while jobs:
+                d, fn, args = jobs.pop(0)
+                try:
+                    d.callback(fn(*args))
+                except Exception:  # noqa: BLE001
+                    d.errback()
+
+        self.mailbox(M1)
+        factory = self.pop.factory()
+        factory.run = run
+        from tests.pop3.support import Conn
+        conn = Conn(factory)
+        conn.ask("USER alice@example.com")
+        conn.output()
+        conn.send(f"PASS {PASSWORD}\r\n")
+        work()
+        self.assertTrue(conn.lines()[0].startswith("+OK"))
+        conn.ask("DELE 1")
+        conn.send("QUIT\r\n")
+        self.assertEqual(conn.output(), b"")          # not before the job ran
+        work()
+        self.assertEqual(conn.lines(), ["+OK Logging out, messages deleted."])
+        fd = os.open(os.path.join(self.pop.maildir(), LOCK_NAME), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free
+        finally:
+            os.close(fd)
