@@ -335,7 +335,9 @@ class FetchmailTests(ServerCase):
                     f'  mda "{mda}"\n  {"keep" if keep else "nokeep"}\n')
         os.chmod(rc, 0o600)
         env = dict(os.environ, HOME=work, FETCHMAILHOME=work)
-        result = subprocess.run([fetchmail, "-v", "--nodetach", "-f", rc], env=env,
+        # its own pid file: as root, fetchmail would use one in /var/run for every run
+        result = subprocess.run([fetchmail, "-v", "--nodetach", "-f", rc,
+                                 "--pidfile", os.path.join(work, "fetchmail.pid")], env=env,
                                 capture_output=True, text=True, timeout=120)
         self.assertIn(result.returncode, (0, 1), result.stdout + result.stderr)  # 1: no mail
         got = []
