@@ -59,6 +59,7 @@ class IMAPServerProtocol(protocol.Protocol):
         self._busy = True                # until the greeting is out
         self._pumping = False
         self._raw = False                # the parser's raw line mode, as last set
+        self._registered = False         # we are the transport's producer
         self._closing = False
         self._out_paused = False
         self._in_paused = False
@@ -74,6 +75,7 @@ class IMAPServerProtocol(protocol.Protocol):
         no_delay(self.transport)
         self.factory.connections.add(self)
         self.transport.registerProducer(self, True)
+        self._registered = True
         if self.factory.tls_on_connect:
             try:
                 self.transport.startTLS(self.factory.tls_options())
@@ -100,6 +102,7 @@ class IMAPServerProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
         self._closing = True
+        self._registered = False
         self._stop_timer()
         self._stop_idle()
         self._events.clear()
@@ -254,7 +257,14 @@ class IMAPServerProtocol(protocol.Protocol):
         self._closing = True
         self._stop_timer()
         self._stop_idle()
+        self._unregister()
         self.transport.loseConnection()
+
+    def _unregister(self) -> None:
+        # TLS waits for a registered producer to go before it shuts down
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
 
     def _flow(self) -> None:
         waiting = len(self._events)

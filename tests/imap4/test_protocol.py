@@ -172,3 +172,19 @@ def test_connection_lost_mid_command(server):
     gate.callback(None)
     assert server.login.logouts == ["alice@example.com"]
     assert server.clock.getDelayedCalls() == []
+
+
+def test_close_unregisters_the_producer_first(server):
+    """TLS shuts down only once no producer is registered (mbsync waited forever)."""
+    conn = server.connect()
+    assert conn.transport.producer is conn.proto
+    seen = []
+    lose = conn.transport.loseConnection
+
+    def lose_connection():
+        seen.append(conn.transport.producer)
+        lose()
+
+    conn.transport.loseConnection = lose_connection
+    conn.ask("a LOGOUT")
+    assert seen == [None]
