@@ -116,6 +116,7 @@ class FetchPlan:
         self.has_modseq = "MODSEQ" in [i.name for i in items]
         self.has_uid = "UID" in [i.name for i in items]
         # FETCH 1:* (UID FLAGS) on a big folder: the index's view is enough
+        self.binary = any(i.name in ("BINARY[]", "BINARY.SIZE[]") for i in items)
         self.view_only = all(i.name in ("UID", "FLAGS", "MODSEQ") for i in items)
         self.utf8 = bool(getattr(sel.session, "utf8", False))
 
@@ -123,10 +124,6 @@ class FetchPlan:
 def _item(name: str) -> Any:
     from indimail_tw.imap4.grammar import FetchItem
     return FetchItem(name)
-
-
-class UnknownCTEError(Exception):
-    pass
 
 
 def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
@@ -170,10 +167,7 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
         elif name == "BODY[]":
             out.append(item.response_name() + b" " + _section(item, loaded))
         elif name in ("BINARY[]", "BINARY.SIZE[]"):
-            try:
-                content = mime.binary(loaded.data, loaded.root, item.section.part)
-            except mime.UnknownCTE as e:
-                raise UnknownCTEError(str(e)) from None
+            content = mime.binary(loaded.data, loaded.root, item.section.part)
             if name == "BINARY.SIZE[]":
                 out.append(item.response_name() + b" %d" % (len(content or b"")))
             elif content is None:
@@ -302,6 +296,16 @@ def do_fetch(session: Any, tag: bytes, args: Any):
     return next_batch(None)
 
 
+def _cte_known(plan: FetchPlan, loaded: Loaded) -> bool:
+    for item in plan.items:
+        if item.name in ("BINARY[]", "BINARY.SIZE[]") and item.section.part:
+            node = mime.find_part(loaded.root, item.section.part)
+            if (node is not None and node.children is None and node.message is None
+                    and node.encoding.lower() not in mime.KNOWN_CTES):
+                return False
+    return True
+
+
 def _view_lines(tag: bytes, plan: FetchPlan, msgs, head) -> list[bytes]:
     """UID, FLAGS and MODSEQ only: no records, no file, nothing but the view."""
     sel = plan.sel
@@ -375,25 +379,33 @@ def _finish(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, he
     index = sel.index
     lines = list(head)
     need_loaded = plan.need_content or plan.need_tree
+    todo = []
     for seq, uid in msgs:
         rec = records.get(uid)
         loaded = cached.get(uid)
         if rec is None or uid in sel.gone or (need_loaded and loaded is None):
             incomplete = True
             continue
-        flags = rec.flags
-        changed = False
-        if plan.sets_seen and "\\Seen" not in flags:
-            new = index.store_flags(uid, flags | {"\\Seen"})
-            if new is not None:
-                rec, flags, changed = new, new.flags, True
-        if uid in sel.recent and not sel.rev2:
-            flags = flags | {"\\Recent"}
-        try:
-            lines.append(render(plan, seq, rec, loaded, flags, changed))
-        except UnknownCTEError:
+        if plan.binary and not _cte_known(plan, loaded):
+            # RFC 3516 4.3: nothing is sent (and no \Seen set) for a FETCH that fails
             return [wire.tagged(tag, "NO", "Unknown Content-Transfer-Encoding",
                                 "UNKNOWN-CTE")]
+        todo.append((seq, uid, rec, loaded))
+    stored: dict[int, Any] = {}
+    if plan.sets_seen:
+        updates = [(uid, rec.flags | {"\\Seen"}) for _s, uid, rec, _l in todo
+                   if "\\Seen" not in rec.flags]
+        if updates:
+            for new in index.store_many(updates):
+                if new is not None:
+                    stored[new.uid] = new
+    recent = sel.recent if not sel.rev2 else ()
+    for seq, uid, rec, loaded in todo:
+        changed = uid in stored
+        if changed:
+            rec = stored[uid]
+        flags = rec.flags | {"\\Recent"} if uid in recent else rec.flags
+        lines.append(render(plan, seq, rec, loaded, flags, changed))
     if incomplete:
         lines.append(wire.tagged(tag, "NO", "Some of the requested messages no longer exist",
                                  "EXPUNGEISSUED"))

@@ -712,6 +712,9 @@ def _decode_base64(data: bytes) -> bytes:
         return b""
 
 
+KNOWN_CTES = frozenset({"7bit", "8bit", "binary", "", "base64", "quoted-printable"})
+
+
 def decode_cte(data: bytes, encoding: str) -> bytes:
     """Content-Transfer-Decode; raises UnknownCTE."""
     enc = encoding.lower()

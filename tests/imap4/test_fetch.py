@@ -205,3 +205,83 @@ def test_qresync_vanished_earlier(h):
     assert out.startswith("* VANISHED (EARLIER) 1,3\r\n* 1 FETCH (UID 2 FLAGS (\\Answered")
     with pytest.raises(grammar.BadArgs):
         h.command(f"a FETCH 1 FLAGS (CHANGEDSINCE {mark} VANISHED)")
+
+
+def test_unknown_cte_sets_no_seen_flag(h):
+    h.deliver(MULTI)
+    h.select()
+    assert h.command("a FETCH 1 (BODY[1] BINARY[3])") == [
+        b"a NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding\r\n"]
+    assert text(h.command("a FETCH 1 FLAGS")).startswith("* 1 FETCH (FLAGS (\\Recent))")
+
+
+def _as_imaplib(lines: list[bytes]) -> list:
+    """FETCH response lines in the shape imaplib hands them to imapclient."""
+    out: list = []
+    for line in lines:
+        assert line.startswith(b"* ")
+        rest = line[2:-2].replace(b" FETCH ", b" ", 1)      # imaplib drops the name
+        pending = b""
+        while True:
+            m = re.search(rb"~?\{(\d+)\}\r\n", rest)
+            if m is None:
+                break
+            n = int(m.group(1))
+            head = pending + rest[:m.end() - 2]
+            out.append((head.replace(b"~{", b"{"), rest[m.end():m.end() + n]))
+            rest = rest[m.end() + n:]
+            pending = b""
+        out.append(pending + rest)
+    return out
+
+
+NESTED = (b"From: Ann <ann@example.com>\nTo: \"Doe, J\" <j@x.org>, group: a@b, c@d;\n"
+          b"Cc: =?utf-8?q?Z=C3=B6e?= <z@x.org>\nSubject: nested (test) \"quoted\"\n"
+          b"Message-ID: <m1@x>\nContent-Type: multipart/mixed; boundary=o\n\n"
+          b"--o\nContent-Type: text/plain; charset=utf-8\n\nhi\n"
+          b"--o\nContent-Type: message/rfc822\nContent-Disposition: inline\n\n"
+          b"From: inner@x\nSubject: inner\nContent-Type: multipart/alternative; boundary=i\n\n"
+          b"--i\n\nplain\n--i\nContent-Type: text/html\nContent-Language: en\n\n<b>x</b>\n--i--\n"
+          b"--o\nContent-Type: application/octet-stream; name=\"a b.bin\"\n"
+          b"Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=x\n\n"
+          b"AAEC\n--o--\n")
+
+
+def test_an_independent_parser_reads_our_responses(h):
+    """imapclient's response parser (not ours) reads ENVELOPE, BODYSTRUCTURE and
+    sections back into the structure we meant."""
+    from imapclient.response_parser import parse_fetch_response
+
+    h.deliver(NESTED)
+    h.select()
+    lines = h.command("a UID FETCH 1 (FLAGS ENVELOPE BODYSTRUCTURE BODY RFC822.SIZE "
+                      "BODY.PEEK[2.1.MIME] BODY.PEEK[2.HEADER.FIELDS (subject)] "
+                      "BINARY.PEEK[3] BODY.PEEK[]<5.7>)")
+    assert lines[-1] == b"a OK Fetch completed\r\n"
+    parsed = parse_fetch_response(_as_imaplib(lines[:-1]))[1]
+    env = parsed[b"ENVELOPE"]
+    assert env.subject == b'nested (test) "quoted"'
+    assert env.message_id == b"<m1@x>"
+    assert [(a.name, a.mailbox, a.host) for a in env.to] == [
+        (b"Doe, J", b"j", b"x.org"), (None, b"group", None), (None, b"a", b"b"),
+        (None, b"c", b"d"), (None, None, None)]
+    assert env.cc[0].name == b"=?utf-8?q?Z=C3=B6e?="
+    assert env.sender[0].mailbox == b"ann"
+    bs = parsed[b"BODYSTRUCTURE"]
+    assert bs.is_multipart
+    parts, subtype = bs[0], bs[1]
+    assert subtype == b"mixed" and len(parts) == 3
+    assert parts[0][:2] == (b"text", b"plain")
+    inner = parts[1]
+    assert inner[:2] == (b"message", b"rfc822")
+    assert inner[7][1] == b"inner"                        # nested envelope: subject
+    nested = inner[8]                                     # nested body structure
+    assert nested[0][:2] == (b"text", b"plain") and nested[1][:2] == (b"text", b"html")
+    assert nested[2] == b"alternative"
+    assert parts[2][2] == (b"name", b"a b.bin")
+    assert parsed[b"BINARY[3]"] == b"\x00\x01\x02"
+    assert parsed[b"BODY[]<5>"] == b" Ann <a"
+    assert parsed[b"BODY[2.1.MIME]"] == b"\r\n"
+    assert parsed[b"BODY[2.HEADER.FIELDS (SUBJECT)]"] == b"Subject: inner\r\n\r\n"
+    body = parse_fetch_response(_as_imaplib(lines[:-1]))[1][b"BODY"]
+    assert body[1] == b"mixed"
