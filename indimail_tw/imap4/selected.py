@@ -224,9 +224,14 @@ class SelectedMailbox:
             changes = self.index.sync()
         except Exception:  # noqa: BLE001 -- e.g. the folder was deleted under us
             return out
-        # (An index rebuilt under us -- uidvalidity_changed -- reports every old uid
-        # removed and every message added; RFC 9051 would end the session, we at
-        # least keep the view consistent.)
+        if changes.uidvalidity_changed:
+            # The index was rebuilt under us (deleted or corrupt): every UID the client
+            # holds is void.  End the session (the client resynchronizes on reconnect).
+            self.closed = True
+            if hasattr(self.session, "action"):
+                self.session.action = "close"
+            return [wire.untagged_status("BYE", "Mailbox UIDVALIDITY changed, reconnect",
+                                         "UNAVAILABLE")]
         self.gone.update(u for u in changes.removed if self.seq_of(u))
         for rec in changes.changed:
             seq = self.seq_of(rec.uid)

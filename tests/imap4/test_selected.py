@@ -173,3 +173,18 @@ def test_closed_mailbox_is_quiet(h):
     assert not sel.changed()
     assert sel.poll(True) == []
     sel.close_silently()
+
+
+def test_an_index_rebuilt_under_the_session_ends_it(h):
+    import os
+
+    from indimail_tw.maildir.index import INDEX_NAME
+
+    h.deliver(MSG)
+    h.select()
+    h.session.action = None
+    os.unlink(os.path.join(h.maildir, INDEX_NAME))
+    assert h.session.selected.poll(True) == [
+        b"* BYE [UNAVAILABLE] Mailbox UIDVALIDITY changed, reconnect\r\n"]
+    assert h.session.action == "close"
+    assert h.session.selected.poll(True) == []
