@@ -15,6 +15,7 @@ the disk runs through ``self.run`` (a thread in the server).  Errors carry RFC
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from twisted.internet import defer
@@ -128,12 +129,7 @@ class MailboxCommands:
             canonical = mf.validate(name)
             if canonical == mf.INBOX or folders.exists(canonical):
                 raise mf.FolderExists("Mailbox already exists")
-            levels = canonical.split(mf.SEPARATOR)
-            # RFC 9051 6.3.4: create superior names that are needed
-            for i in range(1, len(levels)):
-                parent = mf.SEPARATOR.join(levels[:i])
-                if parent != mf.INBOX and not folders.exists(parent):
-                    folders.create(parent)
+            _create_superiors(folders, canonical)
             folders.create(canonical, use)
 
         def failed(failure: Failure) -> list[bytes]:
@@ -153,8 +149,13 @@ class MailboxCommands:
     def do_rename(self, tag: bytes, args: Any) -> Any:
         if self._in_use(args.old):
             return [wire.tagged(tag, "NO", "Can't rename the selected mailbox", "INUSE")]
-        return self._folder_call(tag, self.folders.rename, args.old, args.new,
-                                 ok="RENAME completed")
+        folders = self.folders
+
+        def rename() -> None:
+            folders.rename(args.old, args.new)
+            _create_superiors(folders, mf.validate(args.new.rstrip(mf.SEPARATOR) or args.new))
+
+        return self._folder_call(tag, rename, ok="RENAME completed")
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -285,6 +286,16 @@ class MailboxCommands:
 
     def do_setquota(self, tag: bytes, args: Any) -> list[bytes]:
         return [wire.tagged(tag, "NO", "Quotas are set by the administrator", "NOPERM")]
+
+
+def _create_superiors(folders: mf.MailFolders, name: str) -> None:
+    """RFC 9051 6.3.4 and 6.3.6: create the superior names a new name needs (blocking)."""
+    levels = name.split(mf.SEPARATOR)
+    for i in range(1, len(levels)):
+        parent = mf.SEPARATOR.join(levels[:i])
+        if parent != mf.INBOX and not folders.exists(parent):
+            with contextlib.suppress(mf.FolderExists):     # created meanwhile
+                folders.create(parent)
 
 
 # -- listing (blocking, pure given the folder tree) ------------------------------------------

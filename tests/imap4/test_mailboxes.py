@@ -39,14 +39,16 @@ def test_create_delete_rename(server, conn):
     assert conn.tagged('e CREATE "a..b"') == "e NO [CANNOT] Invalid hierarchy in mailbox name"
     assert conn.tagged("f RENAME Lists Mail.Lists") == "f OK RENAME completed"
     assert os.path.isdir(os.path.join(server.maildir(), ".Mail.Lists.python"))
+    assert os.path.isdir(os.path.join(server.maildir(), ".Mail", "cur"))    # superior name
     assert conn.tagged("g RENAME Nope Other") == "g NO [NONEXISTENT] Mailbox doesn't exist"
     assert conn.tagged("h RENAME Work Sent") == (
         "h NO [ALREADYEXISTS] Target mailbox already exists")
     assert conn.tagged("i DELETE Work") == "i OK DELETE completed"
     assert conn.tagged("j DELETE Work") == "j NO [NONEXISTENT] Mailbox doesn't exist"
     assert conn.tagged("k DELETE INBOX") == "k NO [CANNOT] INBOX can't be deleted"
-    assert conn.tagged("l DELETE Mail") == (      # only implied by Mail.Lists
-        "l NO [HASCHILDREN] Mailbox has children, delete them first")
+    assert conn.tagged("l DELETE Mail") == "l OK DELETE completed"
+    assert conn.tagged("l2 DELETE Mail") == (      # now only implied by Mail.Lists
+        "l2 NO [HASCHILDREN] Mailbox has children, delete them first")
     conn.ask("m CREATE Top.sub")
     assert conn.tagged("n DELETE Top") == "n OK DELETE completed"
     assert '* LIST (\\Noselect \\HasChildren) "." Top' in conn.ask('o LIST "" Top')
