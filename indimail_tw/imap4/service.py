@@ -35,9 +35,8 @@ from indimail_tw.maildir import index as mindex
 from indimail_tw.policy.base import Client
 from indimail_tw.policy.limits import ConnectionLimiter, max_connections, max_per_ip
 from indimail_tw.policy.tcprules import Action, RulesFile
-from indimail_tw.smtp.service import (
-    CertificateSource, certificate_path, implicit_tls_description, reverse_dns, tcp_environ,
-)
+from indimail_tw.smtp.service import reverse_dns, tcp_environ
+from indimail_tw.tlsutil import CertificateSource, certificate_path, implicit_tls_description
 
 log = Logger()
 
