@@ -394,3 +394,39 @@ def test_overlong_line_ends_authenticate_and_idle(server):
     answer = conn.ask("y" * 70000)
     assert len(answer) == 1 and answer[0].startswith("c BAD"), answer
     assert conn.tagged("d NOOP") == "d OK NOOP completed"
+
+
+COMMAND_NAMES = ["CAPABILITY", "NOOP", "LOGOUT", "ID", "STARTTLS", "AUTHENTICATE", "LOGIN",
+                 "ENABLE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
+                 "UNSUBSCRIBE", "LIST", "LSUB", "NAMESPACE", "STATUS", "GETQUOTA",
+                 "GETQUOTAROOT", "SETQUOTA", "COMPRESS", "UNSELECT", "CHECK", "CLOSE"]
+ARGUMENTS = ['""', '"*"', "%", "*", "INBOX", "inbox", "Sent", "A.B", "()", "(SUBSCRIBED)",
+             "(MESSAGES UNSEEN SIZE)", "RETURN", "(STATUS (MESSAGES))", "NIL", "{3+}\r\nabc",
+             '"a..b"', "(USE (\\Sent))", "(\\Junk)", "DEFLATE", "PLAIN", "=", "*",
+             "(CONDSTORE)", "(QRESYNC (1 2))", '"Entw&APw-rfe"', '"&Jjo"', "UTF8=ACCEPT",
+             "(RECURSIVEMATCH SUBSCRIBED)", "(SPECIAL-USE)", "RETURN (CHILDREN SPECIAL-USE)"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_commands_never_crash(server, seed):
+    import random
+
+    rng = random.Random(seed)
+    conn = server.connect()
+    if seed % 2:
+        conn.login()
+    out = []
+    for n in range(150):
+        if conn.closed:
+            conn = server.connect()
+            conn.login()
+        name = rng.choice(COMMAND_NAMES)
+        if name in ("LOGOUT", "COMPRESS", "STARTTLS") and rng.random() < 0.8:
+            continue
+        args = " ".join(rng.choice(ARGUMENTS) for _ in range(rng.randrange(4)))
+        conn.send(f"t{n} {name} {args}".rstrip() + "\r\n")
+        if conn.proto.session is not None and conn.proto.session.raw_mode:
+            conn.send("*\r\n")
+        out.append(conn.output())
+    text = b"".join(out)
+    assert b"SERVERBUG" not in text, text[-2000:]
