@@ -142,6 +142,8 @@ class MailboxCommands:
             lambda _r: [wire.tagged(tag, "OK", "CREATE completed")], failed)
 
     def do_delete(self, tag: bytes, args: Any) -> Any:
+        if mf.canonical(args.mailbox) == mf.INBOX:
+            return [wire.tagged(tag, "NO", "INBOX can't be deleted", "CANNOT")]
         if self._selected_name() == mf.canonical(args.mailbox):
             return [wire.tagged(tag, "NO", "Can't delete the selected mailbox", "INUSE")]
         return self._folder_call(tag, self.folders.delete, args.mailbox, ok="DELETE completed")

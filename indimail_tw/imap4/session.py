@@ -462,15 +462,18 @@ class IMAPSession(MailboxCommands, MessageCommands):
     # -- authenticated -------------------------------------------------------------------------
 
     def do_enable(self, tag: bytes, args: Any) -> list[bytes]:
-        newly = []
+        before = set(self.enabled)
+        newly: list[str] = []
         for capability in args.capabilities:
             name = ENABLEABLE.get(capability.upper())
-            if name is None or name in self.enabled:
+            if name is None or name in before:
                 continue
             self.enabled.add(name)
             if name == "QRESYNC":
-                self.enabled.add("CONDSTORE")
-            newly.append("IMAP4rev2" if name == "IMAP4REV2" else name)
+                self.enabled.add("CONDSTORE")     # implied (RFC 7162 3.2.3), not echoed
+            shown = "IMAP4rev2" if name == "IMAP4REV2" else name
+            if shown not in newly:
+                newly.append(shown)
         lines = [wire.untagged(" ".join(["ENABLED", *newly]))]
         return [*lines, tagged(tag, "OK", "ENABLE completed")]
 

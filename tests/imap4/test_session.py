@@ -267,6 +267,11 @@ def test_enable(server):
     assert conn.ask("b ENABLE CONDSTORE IMAP4rev2") == ["* ENABLED IMAP4rev2",
                                                          "b OK ENABLE completed"]
     assert session.rev2
+    conn = server.connect()
+    conn.login()
+    assert conn.ask("c ENABLE CONDSTORE QRESYNC") == ["* ENABLED CONDSTORE QRESYNC",
+                                                       "c OK ENABLE completed"]
+    assert conn.ask("d ENABLE CONDSTORE") == ["* ENABLED", "d OK ENABLE completed"]
 
 
 def test_id_and_namespace(server):
