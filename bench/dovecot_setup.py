@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""A private Dovecot 2.3 serving the same users and Maildirs as an indimail_tw root.
+
+The peer for the IMAP/POP3 benchmarks (bench/imap_bench.py) and the interop
+tests.  Everything lives under one base directory: the configuration (passed
+with ``-c``, so /etc/dovecot and the system instance are never touched), the
+runtime sockets (``base_dir``), ``state_dir``, the log file and a passwd-file
+built from the root's user table (the same crypt hashes, so the same
+passwords).  ``mail_location`` is ``maildir:~/Maildir`` with each user's home
+taken from the table: Maildir++, INBOX is the Maildir itself, separator ".",
+like ours.  fsync settings are Dovecot's defaults.
+
+Dovecot never serves mail as root ("Mail access not allowed for root"), so its
+mail processes run as the unprivileged ``vmail`` user (created if missing, as
+bench/postfix_setup.sh does) and :func:`grant` hands the served homes to it:
+``chown -R vmail`` of each home and search permission (o+x) on its ancestor
+directories.  Our server, running as root, still reads and writes everything;
+files it creates later are root-owned 0600, so call :func:`grant` again before
+Dovecot reads them (the benchmark does before every Dovecot round).  Login and
+internal processes use Debian's ``dovenull`` and ``dovecot`` users.
+
+    bench/dovecot_setup.py --root ROOT --base /var/tmp/dovecot-bench start
+    bench/dovecot_setup.py --base /var/tmp/dovecot-bench stop
+
+``--client-limit N`` lets one imap process (and one imap-login process) serve up
+to N connections instead of Debian's one process per connection (used by the
+idle-connection benchmark).  As a module: :func:`write_config`, :func:`start`,
+:func:`stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+DOVECOT = "/usr/sbin/dovecot"
+PORTS = {"imap": 3143, "imaps": 3993, "pop3": 3110, "pop3s": 3995}
+MAIL_USER = "vmail"
+
+
+def mail_ids() -> tuple[int, int]:
+    """uid and gid of MAIL_USER, created as a system user if missing."""
+    import pwd
+    try:
+        entry = pwd.getpwnam(MAIL_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", MAIL_USER], check=True)
+        entry = pwd.getpwnam(MAIL_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def homes_of(base: str) -> list[str]:
+    """The homes listed in ``base``'s passwd file."""
+    with open(os.path.join(os.path.abspath(base), "passwd")) as f:
+        return [line.split(":")[5] for line in f if line.count(":") >= 6]
+
+
+def grant(homes: list[str]) -> int:
+    """Give MAIL_USER the homes (chown -R, only what it does not own yet) and search
+    permission on their ancestors; returns the number of entries changed."""
+    uid, gid = mail_ids()
+    changed = 0
+    for home in homes:
+        parent = os.path.dirname(os.path.abspath(home))
+        while parent != "/":
+            mode = os.stat(parent).st_mode
+            if not mode & 0o001:
+                os.chmod(parent, (mode & 0o7777) | 0o001)
+            parent = os.path.dirname(parent)
+        for top, dirs, files in os.walk(home):
+            for name in [top] + [os.path.join(top, n) for n in dirs + files]:
+                try:
+                    st = os.lstat(name)
+                    if st.st_uid != uid or st.st_gid != gid:
+                        os.lchown(name, uid, gid)
+                        changed += 1
+                except FileNotFoundError:
+                    pass    # expunged meanwhile
+    return changed
+
+
+def users_of(root: str) -> list[tuple[str, str, str]]:
+    """(address, crypt hash, home) of every active user of every domain of ``root``."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from indimail_tw.admin.site import Site
+    from indimail_tw.storage.store import REPOS
+
+    site = Site.resolve(root, {k: v for k, v in os.environ.items()
+                               if not k.startswith(("INDIMAIL", "MYSQL_"))})
+    try:
+        out = []
+        for domain in site.list_domains():
+            for user in site.read(REPOS.users.list_domain, domain):
+                if user.active and user.dir:
+                    out.append((user.address, user.passwd, user.dir))
+        return out
+    finally:
+        site.close()
+
+
+def passwd_file(users: list[tuple[str, str, str]]) -> str:
+    """Dovecot passwd-file lines: user:{CRYPT}hash:::home:: (uid/gid: mail_uid/mail_gid;
+    passwd-file itself refuses uid 0)."""
+    return "".join(f"{address}:{{CRYPT}}{hashed}::::{home}::\n"
+                   for address, hashed, home in users)
+
+
+def config_text(base: str, ports: dict[str, int], cert: str | None,
+                client_limit: int = 0, default_realm: str = "") -> str:
+    """The whole dovecot.conf; ``ports`` maps imap/imaps/pop3/pop3s to port numbers."""
+    tls = cert is not None
+    lines = [
+        "# generated by bench/dovecot_setup.py",
+        "protocols = imap pop3",
+        "listen = 127.0.0.1",
+        f"base_dir = {base}/run",
+        f"state_dir = {base}/state",
+        "instance_name = indimail-bench",
+        f"log_path = {base}/dovecot.log",
+        f"info_log_path = {base}/dovecot.log",
+        "default_internal_user = dovecot",
+        "default_internal_group = dovecot",
+        "default_login_user = dovenull",
+        f"mail_uid = {MAIL_USER}",
+        f"mail_gid = {MAIL_USER}",
+        "mail_location = maildir:~/Maildir",
+        "disable_plaintext_auth = no",
+        "auth_mechanisms = plain login",
+        f"auth_default_realm = {default_realm}" if default_realm else "",
+        "mail_max_userip_connections = 100000",
+        "shutdown_clients = yes",
+        "namespace inbox {",
+        "  inbox = yes",
+        "  separator = .",
+        "  prefix =",
+        "}",
+        "passdb {",
+        "  driver = passwd-file",
+        f"  args = scheme=CRYPT username_format=%u {base}/passwd",
+        "}",
+        "userdb {",
+        "  driver = passwd-file",
+        f"  args = username_format=%u {base}/passwd",
+        "}",
+    ]
+    if tls:
+        lines += ["ssl = yes", f"ssl_cert = <{cert}", f"ssl_key = <{cert}",
+                  "ssl_dh = </usr/share/dovecot/dh.pem"]
+    else:
+        lines += ["ssl = no"]
+    for login, plain, secure in (("imap-login", "imap", "imaps"),
+                                 ("pop3-login", "pop3", "pop3s")):
+        lines.append(f"service {login} {{")
+        lines += [f"  inet_listener {plain} {{", "    address = 127.0.0.1",
+                  f"    port = {ports[plain]}", "  }"]
+        lines += [f"  inet_listener {secure} {{", "    address = 127.0.0.1",
+                  f"    port = {ports[secure] if tls else 0}",
+                  "    ssl = yes" if tls else "", "  }"]
+        if client_limit:
+            # "high-performance mode": one login process for many connections
+            lines += ["  service_count = 0", f"  client_limit = {client_limit + 100}",
+                      "  process_limit = 1", "  process_min_avail = 1",
+                      "  vsz_limit = 2G"]
+        lines.append("}")
+    if client_limit:
+        lines += ["service imap {", f"  client_limit = {client_limit + 100}",
+                  "  process_limit = 1", "  service_count = 0", "  vsz_limit = 2G", "}",
+                  "service anvil {", f"  client_limit = {2 * client_limit + 1000}", "}",
+                  "service auth {", f"  client_limit = {2 * client_limit + 1000}", "}",
+                  f"default_client_limit = {client_limit + 1000}"]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def write_config(base: str, root: str, ports: dict[str, int] | None = None,
+                 cert: str | None = None, client_limit: int = 0,
+                 default_realm: str = "") -> str:
+    """Write passwd and dovecot.conf under ``base``; returns the config path."""
+    base = os.path.abspath(base)
+    for sub in ("run", "state"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    users = users_of(root)
+    with open(os.path.join(base, "passwd"), "w") as f:
+        f.write(passwd_file(users))
+    grant([home for _, _, home in users])
+    os.chmod(os.path.join(base, "passwd"), 0o640)
+    try:   # the auth process runs as default_internal_user and reads it
+        import grp
+        os.chown(os.path.join(base, "passwd"), -1, grp.getgrnam("dovecot").gr_gid)
+    except (KeyError, PermissionError):
+        pass
+    if cert is None:
+        guess = os.path.join(root, "certs", "servercert.pem")
+        cert = guess if os.path.exists(guess) else None
+    conf = os.path.join(base, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write(config_text(base, dict(PORTS, **(ports or {})), cert, client_limit,
+                            default_realm))
+    return conf
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def start(base: str, nofile: int | None = None) -> int:
+    """Start Dovecot on ``base``'s config (stopping a previous one); returns the master pid.
+
+    ``nofile``: the file-descriptor limit for the master (its children inherit it).
+    """
+    base = os.path.abspath(base)
+    stop(base)
+    conf = os.path.join(base, "dovecot.conf")
+    check = subprocess.run([DOVECOT, "-c", conf, "-n"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"dovecot -n: {check.stderr.strip()}")
+
+    def limits() -> None:
+        if nofile:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    subprocess.run([DOVECOT, "-c", conf], check=True, preexec_fn=limits)
+    deadline = time.monotonic() + 20
+    while True:     # the daemon writes its pid file after forking
+        try:
+            pid = master_pid(base)
+            break
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with open(conf) as f:
+        ports = [int(line.split("=")[1]) for line in f
+                 if line.strip().startswith("port =") and line.split("=")[1].strip() != "0"]
+    for port in ports:
+        _wait_port(port)
+    return pid
+
+
+def master_pid(base: str) -> int:
+    with open(os.path.join(os.path.abspath(base), "run", "master.pid")) as f:
+        return int(f.read().strip())
+
+
+def stop(base: str, timeout: float = 10.0) -> None:
+    """Stop the Dovecot of ``base`` if it runs (by its master pid, never by name)."""
+    try:
+        pid = master_pid(base)
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("config", "start", "stop"))
+    parser.add_argument("--base", default="/var/tmp/dovecot-bench")
+    parser.add_argument("--root", help="the indimail_tw root whose users to serve")
+    parser.add_argument("--cert", help="TLS certificate+key PEM [ROOT/certs/servercert.pem]")
+    for name, port in PORTS.items():
+        parser.add_argument(f"--{name}-port", type=int, default=port)
+    parser.add_argument("--client-limit", type=int, default=0,
+                        help="connections per imap/imap-login process [Debian: 1 per process]")
+    parser.add_argument("--default-realm", default="", help="domain for bare user names")
+    parser.add_argument("--nofile", type=int, help="RLIMIT_NOFILE for the server")
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        stop(args.base)
+        return 0
+    if not args.root:
+        parser.error("--root is needed to write the configuration")
+    ports = {name: getattr(args, f"{name}_port") for name in PORTS}
+    conf = write_config(args.base, args.root, ports, args.cert, args.client_limit,
+                        args.default_realm)
+    if args.action == "start":
+        pid = start(args.base, args.nofile)
+        print(f"dovecot pid {pid}: {conf}, log {args.base}/dovecot.log, "
+              + ", ".join(f"{n} 127.0.0.1:{p}" for n, p in ports.items()))
+    else:
+        print(conf)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
