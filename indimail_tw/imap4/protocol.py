@@ -313,6 +313,8 @@ class IMAPServerProtocol(protocol.Protocol):
             return
         if lines:
             self._write(b"".join(lines))
+        if self.session.take_action() == "close":     # e.g. the folder's UIDVALIDITY changed
+            self._close()
 
     # -- autologout and shutdown -----------------------------------------------------------------
 

@@ -188,3 +188,21 @@ def test_close_unregisters_the_producer_first(server):
     conn.transport.loseConnection = lose_connection
     conn.ask("a LOGOUT")
     assert seen == [None]
+
+
+def test_idle_update_that_ends_the_session(server):
+    conn = server.connect()
+    conn.login()
+    conn.ask("a SELECT INBOX")
+    conn.ask("b IDLE")
+    session = conn.proto.session
+
+    def gone(expunge_allowed):
+        session.action = "close"
+        return [b"* BYE [UNAVAILABLE] Mailbox UIDVALIDITY changed, reconnect\r\n"]
+
+    session.selected.changed = lambda: True
+    session.selected.poll = gone
+    server.clock.advance(1)
+    assert conn.lines() == ["* BYE [UNAVAILABLE] Mailbox UIDVALIDITY changed, reconnect"]
+    assert conn.closed
