@@ -204,10 +204,18 @@ DISABLE_VARIABLES = {"PLAIN": "DISABLE_AUTH_PLAIN", "LOGIN": "DISABLE_AUTH_LOGIN
 
 
 def enabled_mechanisms(environ: dict[str, str] | None = None) -> tuple[str, ...]:
-    """The mechanisms to offer, in preference order, minus those switched off."""
+    """The mechanisms to offer, in preference order, minus those switched off.
+
+    CRAM-MD5 needs the password in clear on the server (a ``{CRAM}`` record from
+    ``vadduser -C``, or a clear ``pw_passwd``); with the usual crypt hashes it can
+    never succeed, and clients that prefer it (mbsync, Thunderbird, mutt) would
+    then fail to log in at all.  So it is offered only when the admin says the
+    store can serve it: ``ENABLE_CRAM`` set (IndiMail's vchkpass switch).
+    """
     env = environ or {}
     return tuple(name for name in ("PLAIN", "LOGIN", "CRAM-MD5")
-                 if DISABLE_VARIABLES[name] not in env)
+                 if DISABLE_VARIABLES[name] not in env
+                 and (name != "CRAM-MD5" or "ENABLE_CRAM" in env))
 
 
 def decode_response(line: bytes) -> bytes:

@@ -242,7 +242,9 @@ class Site:
             "control", "domains", "tcp", "certs", "queue", "mail", "db")})
         for path in vars(self.paths).values():
             os.makedirs(path, exist_ok=True)
-        self.environ = dict(environ or {})
+        # CRAM-MD5 is offered only with ENABLE_CRAM (auth/sasl.py); the protocol
+        # tests exercise it, so their sites turn it on.
+        self.environ = {"ENABLE_CRAM": "", **(environ or {})}
         files = dict(DEFAULT_CONTROL)
         files.update(control or {})
         for name, text in files.items():

@@ -101,7 +101,8 @@ def test_encoding_cancel_and_limits():
 
 
 def test_disable_switches():
-    assert sasl.enabled_mechanisms({}) == ("PLAIN", "LOGIN", "CRAM-MD5")
+    assert sasl.enabled_mechanisms({}) == ("PLAIN", "LOGIN")
+    assert sasl.enabled_mechanisms({"ENABLE_CRAM": ""}) == ("PLAIN", "LOGIN", "CRAM-MD5")
     assert sasl.enabled_mechanisms({"DISABLE_AUTH_LOGIN": "1", "DISABLE_CRAM_MD5": ""}) == (
         "PLAIN",)
     assert sasl.CramMD5.plaintext is False and sasl.Plain.plaintext is True
