@@ -35,23 +35,17 @@ def status_values(folders: mf.MailFolders, name: str, items: tuple[str, ...],
     """[(item, value)] for STATUS (blocking); :class:`NoSuchFolder` when it cannot be opened."""
     index = folders.open_index(name)
     try:
-        records = None
+        counts: dict[str, int] = {}
         if any(i in ("MESSAGES", "UNSEEN", "DELETED", "SIZE") for i in items):
-            records = index.records()
+            counts = index.status_counts()       # no per-message records (big folders)
         values = []
         for item in items:
-            if item == "MESSAGES":
-                value: Any = len(records)
+            if item in ("MESSAGES", "UNSEEN", "DELETED", "SIZE"):
+                value: Any = counts[item]
             elif item == "UIDNEXT":
                 value = index.uidnext
             elif item == "UIDVALIDITY":
                 value = index.uidvalidity
-            elif item == "UNSEEN":
-                value = sum(1 for r in records if "\\Seen" not in r.flags)
-            elif item == "DELETED":
-                value = sum(1 for r in records if "\\Deleted" in r.flags)
-            elif item == "SIZE":
-                value = sum(r.rfc822_size for r in records)
             elif item == "RECENT":
                 value = _recent_count(index)
             elif item == "HIGHESTMODSEQ":
