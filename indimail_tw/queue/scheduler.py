@@ -51,6 +51,12 @@ from indimail_tw.queue.states import (
 log = Logger(namespace="indimail_tw.queue")
 
 BOUNCE_RETRY = 60.0          # seconds before retrying a bounce that could not be made
+#: Seconds after which a recipient parked by a busy agent is tried again even if the
+#: agent never said it has room (an agent without ``when_room``, or a lost wake-up).
+PARK_RETRY = 5.0
+#: Parked recipients of a domain started again per host slot released there: a slot
+#: makes room for about one more delivery, so many more would be turned away again.
+UNPARK_BATCH = 2
 DOUBLE_BOUNCE_SENDER = "#@[]"
 
 
@@ -109,6 +115,10 @@ class Scheduler:
         self._stopping = False
         self._abandoned = False
         self._quiet: list[defer.Deferred] = []
+        self._parked: dict[str, dict[str, deque[tuple[_Entry, int, object]]]] = {
+            LOCAL: {}, REMOTE: {}}
+        self._unpark_timer: dict[str, Any] = {LOCAL: None, REMOTE: None}
+        self._room_agent: dict[str, Any] = {LOCAL: None, REMOTE: None}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class Scheduler:
     def stop(self) -> defer.Deferred:
         """Start nothing new; fires when the deliveries and bounces in progress are done."""
         self._stopping = True
-        for call in [self._timer, *self._later]:
+        for call in [self._timer, *self._later, *self._unpark_timer.values()]:
             if call is not None and call.active():
                 call.cancel()
         self._timer, self._later = None, set()
@@ -276,6 +286,10 @@ class Scheduler:
         entry.running.discard(index)
         if self._abandoned:
             return
+        if getattr(result, "busy", False):
+            self._park(entry, index, channel)
+            self._check_quiet()
+            return
         if not isinstance(result, DeliveryResult):
             log.error("{queue}: delivery {number}: agent returned {result!r}",
                       queue=self.name, number=number, result=result)
@@ -311,6 +325,61 @@ class Scheduler:
         if self.debug:
             self._status()
         self._check_quiet()
+
+    # -- a busy agent -------------------------------------------------------------------------
+
+    def _park(self, entry: _Entry, index: int, channel: str) -> None:
+        """The agent had no room for this destination: not an attempt (nothing counted,
+        logged or recorded); the recipient waits, with the others of its domain, until
+        the agent has room there again (or :data:`PARK_RETRY` seconds)."""
+        token = object()
+        entry.waiting[index] = token           # flush() and set_agent() see it as waiting
+        domain = entry.states[index].address.rpartition("@")[2].lower()
+        if self.debug:
+            log.debug("{queue}: parked msg {id} to {channel} {address}: the agent is busy",
+                      queue=self.name, id=entry.message.id, channel=channel,
+                      address=entry.states[index].address)
+        self._parked[channel].setdefault(domain, deque()).append((entry, index, token))
+        self._ask_room(channel)
+
+    def _ask_room(self, channel: str) -> None:
+        if self._stopping or not self._parked[channel]:
+            return
+        agent = self.agents.get(channel)
+        if agent is not None and agent is not self._room_agent[channel] \
+                and hasattr(agent, "when_room"):
+            self._room_agent[channel] = agent        # subscribed for good: one per agent
+            agent.when_room(lambda domains: self._unpark(channel, domains))
+        if self._unpark_timer[channel] is None:
+            self._unpark_timer[channel] = self.clock.callLater(PARK_RETRY, self._unpark,
+                                                               channel, None)
+
+    def _unpark(self, channel: str, domains: dict[str, int] | None) -> None:
+        """Start again parked recipients of the domains that got room:
+        :data:`UNPARK_BATCH` per slot released (with ``domains`` None, the timer's
+        call, that many of every parked domain)."""
+        if domains is None:
+            self._unpark_timer[channel] = None
+        parked = self._parked[channel]
+        if self._stopping or not parked:
+            return
+        ready = self._ready[channel]
+        chosen = parked.keys() if domains is None else parked.keys() & domains.keys()
+        for domain in list(chosen):
+            waiting = parked[domain]
+            quota = UNPARK_BATCH * (1 if domains is None else domains[domain])
+            taken = 0
+            while waiting and taken < quota:
+                entry, index, token = waiting.popleft()
+                if not entry.gone and entry.waiting.get(index) is token:
+                    del entry.waiting[index]
+                    entry.running.add(index)
+                    ready.appendleft((entry, index))
+                    taken += 1
+            if not waiting:
+                del parked[domain]
+        self._pump(channel)
+        self._ask_room(channel)
 
     def _status(self) -> None:
         limits = self.settings()

@@ -35,13 +35,13 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from indimail_tw.delivery.result import DeliveryResult
+from indimail_tw.delivery.result import TEMPORARY, DeliveryResult
 from indimail_tw.interfaces import IDeliveryAgent
 from indimail_tw.remote import tls as tlsmod
 from indimail_tw.remote.addresses import domain_of
@@ -65,6 +65,24 @@ _OFF = ("", "0", "no", "false", "off")
 
 AMBIGUOUS_MX = ("Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
                 "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)")
+
+
+@dataclass(frozen=True)
+class Busy(DeliveryResult):
+    """Not an attempt: every address of the destination already has its
+    ``concurrencyperhost`` deliveries running and as many waiting.
+
+    The scheduler does not count it, log it or retry it on qmail's schedule: it
+    parks the recipient and starts it again when :meth:`RemoteDeliveryAgent.when_room`
+    calls back (a slot was released).
+    """
+
+    busy: ClassVar[bool] = True
+
+
+def busy(host: str, ip: str) -> Busy:
+    return Busy(TEMPORARY, f"Sorry, too many deliveries to {host} [{ip}] are in progress; "
+                           "I will try again later. (#4.4.5)", "4.4.5")
 
 
 @dataclass
@@ -122,20 +140,83 @@ class RemoteDeliveryAgent:
         self._tls_broken: dict[str, float] = {}     # ip -> until when we skip STARTTLS
         self._client_cert: tuple[Any, Any] = (None, None)   # (file stamp, certificate)
         self._open: set[SMTPClientProtocol] = set()
+        self._domain_ips: dict[str, tuple[str, ...]] = {}   # domain -> IPs used last time
+        self._ip_domains: dict[str, set[str]] = {}          # and the other way round
+        self._room: list[Callable[[dict[str, int]], object]] = []
+        self._released_domains: dict[str, int] = {}         # domain -> deliveries ended
+        self._inflight: dict[str, int] = {}                 # domain -> deliveries admitted
+        self._room_call: Any = None
         self._unsubscribe = config.subscribe(self._config_changed) \
             if hasattr(config, "subscribe") else None
 
     # -- IDeliveryAgent --------------------------------------------------------------------------
 
     def deliver(self, message: Any, recipient: Any) -> defer.Deferred:
+        domain = domain_of(recipient.address)
+        name = domain.lower()
+        ips = self._domain_ips.get(name, ())
+        # Admission before any work: a domain has at most twice its hosts' slots of
+        # deliveries in progress (the rest would only wait for a slot or be turned
+        # away after reading the message and routing it).
+        if self._inflight.get(name, 0) >= 2 * max(1, self.per_host) * max(1, len(ips)):
+            return defer.succeed(busy(domain, ips[0] if ips else domain))
+        self._inflight[name] = self._inflight.get(name, 0) + 1
         d: defer.Deferred = defer.Deferred()
-        key = (message.id, domain_of(recipient.address))
+        key = (message.id, domain)
         batch = self._batches.get(key)
         if batch is None or len(batch.items) >= MAX_RCPTS:
             batch = self._batches[key] = _Batch(message)
             self.clock.callLater(0, self._run_batch, key, batch)
         batch.items.append((recipient, d))
-        return d
+        return d.addBoth(self._admitted_done, name)
+
+    def _admitted_done(self, result: Any, name: str) -> Any:
+        count = self._inflight.get(name, 1) - 1
+        if count > 0:
+            self._inflight[name] = count
+        else:
+            self._inflight.pop(name, None)
+        if self._room:
+            self._released_domains[name] = self._released_domains.get(name, 0) + 1
+            self._schedule_room()
+        return result
+
+    def when_room(self, callback: Callable[[dict[str, int]], object]) -> None:
+        """Subscribe ``callback(domains)``: called (in a later reactor turn) after
+        deliveries released host slots, with the recipient domains last routed to
+        those hosts and how many slots each got back."""
+        self._room.append(callback)
+
+    def _made_room(self, ip: str, domain: str) -> None:
+        """A slot of ``ip`` is free: room for the other domains routed there (the
+        delivery's own domain hears of it when the delivery ends)."""
+        for other in self._ip_domains.get(ip, ()):
+            if other != domain:
+                self._released_domains[other] = self._released_domains.get(other, 0) + 1
+        self._schedule_room()
+
+    def _schedule_room(self) -> None:
+        if self._room_call is None:
+            self._room_call = self.clock.callLater(0, self._tell_room)
+
+    def _tell_room(self) -> None:
+        self._room_call = None
+        domains, self._released_domains = self._released_domains, {}
+        if domains:
+            for callback in list(self._room):
+                callback(domains)
+
+    def _remember(self, domain: str, candidates: list[Candidate]) -> None:
+        """Which IPs ``domain`` went to (for :meth:`deliver`'s quick busy check)."""
+        if len(self._domain_ips) > MEMORY_LIMIT:
+            self._domain_ips.clear()
+            self._ip_domains.clear()
+        ips = tuple(dict.fromkeys(c.ip for c in candidates))
+        for ip in self._domain_ips.get(domain, ()):
+            self._ip_domains.get(ip, set()).discard(domain)
+        self._domain_ips[domain] = ips
+        for ip in ips:
+            self._ip_domains.setdefault(ip, set()).add(domain)
 
     def stop(self) -> defer.Deferred:
         """Close idle connections (QUIT), drop the rest after :data:`STOP_GRACE` seconds."""
@@ -269,6 +350,7 @@ class RemoteDeliveryAgent:
                 candidates = await self.mx.host_candidates(hop.host)
         except Unroutable as e:
             return [e.result] * count
+        self._remember(domain.lower(), candidates)
         if not hop.artificial:
             ipme = self._ipme or frozenset()
             mine = [c.pref for c in candidates if c.ip in ipme]
@@ -325,9 +407,7 @@ class RemoteDeliveryAgent:
                        started: int) -> list[DeliveryResult] | SessionFailed:
         slot = self.slots.acquire(candidate.ip)
         if slot is None:
-            return SessionFailed(DeliveryResult.temporary(
-                f"Sorry, too many deliveries to {candidate.host} [{candidate.ip}] are in "
-                "progress; I will try again later. (#4.4.5)", "4.4.5"))
+            return SessionFailed(busy(candidate.host, candidate.ip))
         await slot
         try:
             if self._failed_since(candidate.ip, started):
@@ -357,6 +437,8 @@ class RemoteDeliveryAgent:
             raise AssertionError("unreachable")
         finally:
             self.slots.release(candidate.ip)
+            if self._room:
+                self._made_room(candidate.ip, domain_of(tx.recipients[0].address).lower())
 
     def _tls_mode(self, candidate: Candidate, decision: tlsmod.HostTLS) -> TLSMode:
         if decision.mode is TLSMode.OPPORTUNISTIC and \

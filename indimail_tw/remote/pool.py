@@ -2,10 +2,11 @@
 
 :class:`HostSlots` bounds the connections in use to one remote IP
 (control file ``concurrencyperhost``, default 5).  Deliveries beyond that
-wait in FIFO order, but at most as many again: one more is deferred at once
-(4.4.5) instead of holding one of the queue's ``concurrencyremote`` slots, so
-a slow or dead host can never take more than twice its limit of them and the
-other destinations keep moving.
+wait in FIFO order, but at most as many again: one more is turned away at
+once (the agent answers :class:`~indimail_tw.remote.agent.Busy`, which the
+scheduler parks until the agent has room again) instead of holding one of the
+queue's ``concurrencyremote`` slots, so a slow or dead host can never take more
+than twice its limit of them and the other destinations keep moving.
 
 :class:`ConnectionCache` keeps a connection that finished a transaction for
 ``idle`` seconds, so the next message to the same host (same port, source
@@ -64,6 +65,11 @@ class HostSlots:
 
     def waiting(self, ip: str) -> int:
         return len(self._waiting.get(ip, ()))
+
+    def full(self, ip: str) -> bool:
+        """Whether :meth:`acquire` would turn a delivery to ``ip`` away now."""
+        limit = max(1, self.limit())
+        return self.active.get(ip, 0) >= limit and self.waiting(ip) >= limit
 
 
 class ConnectionCache:

@@ -1,0 +1,54 @@
+"""The agent's admission per destination and its "room again" signal, over loopback."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from indimail_tw.remote.agent import Busy
+from tests.remote.peer import Harness, PeerFactory
+
+
+class BusyTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.h = Harness()
+        self.addCleanup(self.h.close)
+
+    @defer.inlineCallbacks
+    def test_beyond_twice_the_hosts_slots_a_delivery_is_turned_away_at_once(self):
+        self.h.write_control("concurrencyperhost", "1\n")
+        peer = PeerFactory()
+        peer.greet_when = defer.Deferred()              # the host is slow to answer
+        port = self.h.listen(peer, "127.0.0.2")
+        self.h.write_control("smtproutes", f"remote.example:[127.0.0.2]:{port}\n")
+        self.h.reload()
+        agent = self.h.agent(resolver=object())
+        rooms: list[dict[str, int]] = []
+        agent.when_room(rooms.append)
+        # learn the per-host limit (1) and the route's address with a first delivery
+        peer.greet_when.callback(None)
+        (first,) = yield self.h.deliver(agent, self.h.message("a@remote.example"))
+        self.assertTrue(first.is_ok, first)
+        yield self._turn()
+        self.assertEqual(rooms, [{"remote.example": 1}])
+        # now two may be in progress (one on the host, one waiting); the third is busy
+        peer.greet_when = defer.Deferred()
+        agent.cache.close_all()
+        pending = [self.h.deliver(agent, self.h.message(f"u{n}@remote.example"))
+                   for n in range(3)]
+        (third,) = yield pending[2]
+        self.assertIsInstance(third, Busy)
+        self.assertTrue(third.is_temporary and third.enhanced == "4.4.5")
+        reactor.callLater(0, peer.greet_when.callback, None)
+        results = yield defer.gatherResults(pending[:2])
+        self.assertTrue(all(r.is_ok for (r,) in results), results)
+        self.assertEqual(len(peer.messages), 3)
+        yield self._turn()
+        self.assertEqual(sum(r.get("remote.example", 0) for r in rooms), 3)
+
+    def _turn(self):
+        d = defer.Deferred()
+        reactor.callLater(0.01, d.callback, None)
+        return d
