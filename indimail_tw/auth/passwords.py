@@ -57,6 +57,10 @@ _BCRYPT_COST = 12
 _PASSLIB_SCHEMES = (("$1$", md5_crypt), ("$5$", sha256_crypt), ("$6$", sha512_crypt),
                     ("$2a$", _bcrypt), ("$2b$", _bcrypt), ("$2y$", _bcrypt))
 
+# verified through libxcrypt when it is there (see _verify_native); libpass otherwise
+_NATIVE_PREFIXES = ("$1$", "$5$", "$6$")
+_XCRYPT_MAX_SECRET = 512  # libxcrypt's CRYPT_MAX_PASSPHRASE_SIZE; longer ones go to libpass
+
 _SCRAM_DIGESTS = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 _SCRAM_CREATABLE = ("SCRAM-SHA-1", "SCRAM-SHA-256")  # what IndiMail writes (gsasl_mkpasswd.c)
 _SCRAM_SALT_BYTES = 12                                 # gsasl_mkpasswd.c DEFAULT_SALT_SIZE
@@ -220,6 +224,10 @@ def _verify_crypt(hashed: str, secret: bytes) -> bool:
         return False
     try:
         if hashed.startswith("$"):
+            if hashed.startswith(_NATIVE_PREFIXES) and len(secret) <= _XCRYPT_MAX_SECRET:
+                native = _verify_native(hashed, secret)
+                if native is not None:
+                    return native
             for prefix, handler in _PASSLIB_SCHEMES:
                 if hashed.startswith(prefix):
                     if handler is _bcrypt:
@@ -231,6 +239,23 @@ def _verify_crypt(hashed: str, secret: bytes) -> bool:
     except (ValueError, TypeError, Warning):  # libpass: malformed hash or unusable secret;
         return False                           # Warning when its warnings are made errors
     return False
+
+
+def _verify_native(hashed: str, secret: bytes) -> bool | None:
+    """MD5/SHA-crypt through libxcrypt; None when it is missing or rejects the setting.
+
+    Same digests as libpass (and as IndiMail's crypt(3) with strcmp), but in C and
+    without the interpreter lock: libpass 1.9 has only its pure-Python backend,
+    ~15 ms of held lock per SHA-512 login, which stalls every other connection.
+    """
+    lib = _xcrypt()
+    if lib is None:
+        return None
+    setting = hashed.encode("ascii")  # ValueError for non-ASCII, caught by the caller
+    out = lib.crypt(secret, setting)
+    if out is None:
+        return None
+    return hmac.compare_digest(out, setting)
 
 
 def _verify_xcrypt(hashed: str, secret: bytes) -> bool:

@@ -257,6 +257,45 @@ def test_without_libxcrypt(monkeypatch):
     assert verify(CRYPT_VECTORS[3].values[0], PASSWORD)  # libpass schemes still work
 
 
+NATIVE_VECTORS = [v for v in CRYPT_VECTORS if v.values[0].startswith(("$1$", "$5$", "$6$"))]
+
+
+@pytest.mark.parametrize(("stored", "password"), NATIVE_VECTORS)
+def test_md5_and_sha_crypt_verify_through_libxcrypt(monkeypatch, stored, password):
+    """With libxcrypt, MD5/SHA-crypt never reach libpass's pure-Python code."""
+    _need_libxcrypt()
+    for _prefix, handler in passwords._PASSLIB_SCHEMES:
+        monkeypatch.setattr(handler, "verify", _never)
+    assert verify(stored, password)
+    assert not verify(stored, _wrong(password))
+    assert not verify(stored, "")
+
+
+@pytest.mark.parametrize(("stored", "password"), NATIVE_VECTORS)
+def test_libxcrypt_and_libpass_agree(monkeypatch, stored, password):
+    _need_libxcrypt()
+    secret = password.encode()
+    for candidate in (secret, _wrong(password).encode(), secret + b"x", b"x" * 512):
+        for end in (len(stored), len(stored) - 1, stored.rindex("$") + 1):
+            native = passwords._verify_native(stored[:end], candidate)
+            monkeypatch.setattr(passwords, "_xcrypt", lambda: None)
+            assert passwords._verify_crypt(stored[:end], candidate) is bool(native)
+            monkeypatch.undo()
+
+
+def test_passwords_longer_than_libxcrypt_takes_go_to_libpass():
+    _need_libxcrypt()
+    long_password = "p" * 600                         # libxcrypt refuses over 512 bytes
+    stored = passwords.sha512_crypt.using(salt="0123456789abcdef", rounds=5000).hash(
+        long_password)
+    assert verify(stored, long_password)
+    assert not verify(stored, "p" * 601)
+
+
+def _never(*_args, **_kwargs):
+    raise AssertionError("libpass was used")
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("DES", "DES"), ("des", "DES"), ("MD5", "MD5"), ("md5", "MD5"),
     ("SHA-256", "SHA-256"), ("sha-256", "SHA-256"), ("SHA-512", "SHA-512"),
