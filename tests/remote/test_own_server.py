@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -11,7 +12,9 @@ from indimail_tw.policy import default_checks
 from indimail_tw.policy.base import SMTPPolicy
 from indimail_tw.smtp.service import CertificateSource, SMTPFactory
 from indimail_tw.tlsutil import make_self_signed
+from tests.remote.dnsfake import a, mx, start_dns_server
 from tests.remote.peer import Harness
+from tests.remote.test_queue_integration import Watched, queue_settings
 from tests.smtp.support import Site
 
 
@@ -27,14 +30,14 @@ class OwnServerTests(unittest.TestCase):
         self.h = Harness()
         self.addCleanup(self.h.close)
 
-    def listen(self, service: str = "smtp") -> int:
+    def listen(self, service: str = "smtp", interface: str = "127.0.0.1") -> int:
         factory = SMTPFactory(
             self.site.context(), service, certificate=CertificateSource(self.cert,
                                                                         reactor.seconds),
             policy=SMTPPolicy(default_checks(self.site.store, self.site.paths.domains,
                                              blocking=defer.maybeDeferred)),
             clock=reactor, resolve=lambda ip: defer.succeed(None))
-        return self.h.listen(factory)
+        return self.h.listen(factory, interface)
 
     def route(self, line: str) -> None:
         self.h.write_control("smtproutes", line + "\n")
@@ -92,3 +95,39 @@ class OwnServerTests(unittest.TestCase):
         self.assertTrue(result.is_permanent, result)
         self.assertEqual(result.enhanced, "5.7.8")
         self.assertEqual(self.site.queue.messages, [])
+
+    @defer.inlineCallbacks
+    def test_queue_to_queue_by_mx_from_a_real_dns_server_with_verified_tls(self):
+        from indimail_tw.queue import Envelope, Queue, SyncRunner
+
+        port = self.listen(interface="127.0.0.2")
+        dns_port, listeners = start_dns_server(reactor, "example.com", {
+            "example.com": [mx(10, "mx.example.com")],
+            "mx.example.com": [a("127.0.0.2")]})
+        for listener in listeners:
+            self.addCleanup(listener.stopListening)
+        # TLS is required with mx.example.com and its certificate must verify
+        with open(self.cert, "rb") as f:
+            (certificate,) = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                                        f.read(), re.S)
+        os.makedirs(os.path.join(self.h.certs, "tlshosts"))
+        with open(os.path.join(self.h.certs, "tlshosts", "mx.example.com.pem"), "wb") as f:
+            f.write(certificate + b"\n")
+        agent = Watched(self.h.agent(dns_servers=[("127.0.0.1", dns_port)], port=port),
+                        expected=1)
+        queue = Queue(os.path.join(self.h.queue, "queue1"), clock=reactor, run=SyncRunner(),
+                      agents={"local": None, "remote": agent},
+                      router=lambda address: "remote", settings=queue_settings)
+        yield queue.start()
+        self.addCleanup(queue.stop)
+        body = b"Subject: by mx\n\nfrom one of our queues to the other server\n"
+        yield queue.enqueue(Envelope.simple("alice@me.example", "bob@example.com"), body)
+        yield agent.all_done
+        ((address, result),) = agent.results
+        self.assertTrue(result.is_ok, result)
+        self.assertEqual(result.remote_mta, "dns; mx.example.com")
+        ((envelope, data),) = self.site.queue.messages
+        self.assertEqual(envelope.protocol, "ESMTPS")
+        self.assertEqual([r.address for r in envelope.recipients], ["bob@example.com"])
+        self.assertEqual(envelope.remote_ip, "127.0.0.1")
+        self.assertTrue(data.endswith(body), data)

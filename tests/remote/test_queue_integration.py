@@ -111,3 +111,86 @@ class BuildTests(unittest.TestCase):
         self.assertTrue(memory.udp, "no DNS query went out on the agent's reactor")
         d.cancel()
         d.addErrback(lambda _: None)
+
+
+def settle() -> defer.Deferred:
+    """One reactor turn: the scheduler handles the result Watched has just seen."""
+    from twisted.internet import task
+
+    return task.deferLater(reactor, 0, lambda: None)
+
+
+class LifetimeTests(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self):
+        self.h = Harness()
+        self.addCleanup(self.h.close)
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_keeps_saying_4xx_gets_a_bounce_after_the_queue_lifetime(self):
+        import email
+        import email.policy
+
+        from twisted.internet.task import Clock
+
+        peer = PeerFactory()
+        peer.replies[b"RCPT"] = b"451 4.2.1 mailbox busy, try later"
+        port = self.h.listen(peer)
+        self.h.write_control("smtproutes", f"routed.example:[127.0.0.1]:{port}\n")
+        self.h.reload()
+        agent = Watched(self.h.agent(resolver=object()), expected=1)
+        clock = Clock()                        # the queue's time; the network is real
+        clock.advance(1_700_000_000)
+        settings = SimpleNamespace(**{**vars(queue_settings()), "queuelifetime": 1000},
+                                   me="me.example", bouncefrom="MAILER-DAEMON",
+                                   bouncehost="me.example", bouncemaxbytes=50000)
+        queue = Queue(os.path.join(self.h.queue, "queue1"), clock=clock, run=SyncRunner(),
+                      agents={"local": None, "remote": agent},
+                      router=lambda address: "local" if address.endswith("@me.example")
+                      else "remote", settings=lambda: settings)
+        yield queue.start()
+        self.addCleanup(queue.stop)
+        original = b"Subject: will expire\nMessage-ID: <expire@me.example>\n\nbody\n"
+        msg_id = yield queue.enqueue(Envelope.simple("alice@me.example",
+                                                     "bob@routed.example"), original)
+        yield agent.all_done                  # attempt 1 at birth: 451
+        yield settle()
+        (_, first), = agent.results
+        self.assertTrue(first.is_temporary, first)
+        self.assertEqual(queue.scheduler.messages[msg_id].states[0].status, "pending")
+        # qmail's remote attempts: birth, +400 s, +1600 s; the last is past the
+        # lifetime (1000 s), so its 451 is final
+        agent.all_done, agent.expected = defer.Deferred(), 2
+        clock.advance(400)
+        yield agent.all_done
+        yield settle()
+        self.assertTrue(agent.results[1][1].is_temporary)     # 1400 s: still in time
+        agent.all_done, agent.expected = defer.Deferred(), 3
+        clock.advance(1200)
+        yield agent.all_done
+        yield settle()
+        (bounce_entry,) = [e for e in queue.scheduler.messages.values()
+                           if e.message.envelope.sender == ""]
+        self.assertEqual([r.address for r in bounce_entry.message.envelope.recipients],
+                         ["alice@me.example"])
+        with open(bounce_entry.message.path, "rb") as f:
+            bounce = email.message_from_binary_file(f, policy=email.policy.default)
+        self.assertEqual(bounce.get_content_type(), "multipart/report")
+        self.assertEqual(bounce.get_param("report-type"), "delivery-status")
+        human, status, returned = bounce.iter_parts()
+        self.assertIn("in the queue too long", human.get_content())
+        self.assertIn("bob@routed.example", human.get_content())
+        _per_message, per_recipient = status.get_payload()
+        self.assertEqual(str(per_recipient["Final-Recipient"]).strip(),
+                         "rfc822; bob@routed.example")
+        self.assertEqual(str(per_recipient["Action"]).strip(), "failed")
+        self.assertEqual(str(per_recipient["Status"]).strip(), "5.2.1")    # failed now
+        self.assertEqual(" ".join(str(per_recipient["Diagnostic-Code"]).split()),
+                         "smtp; 451 4.2.1 mailbox busy, try later")
+        self.assertEqual(str(per_recipient["Remote-MTA"]).strip(), "dns; [127.0.0.1]")
+        self.assertEqual(returned.get_content_type(), "message/rfc822")
+        (inner,) = returned.get_payload()
+        self.assertEqual(inner["Message-ID"], "<expire@me.example>")
+        # the original message is gone once its recipient is bounced
+        self.assertNotIn(msg_id, queue.scheduler.messages)
