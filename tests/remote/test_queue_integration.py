@@ -165,7 +165,7 @@ class LifetimeTests(unittest.TestCase):
         clock.advance(400)
         yield agent.all_done
         yield settle()
-        self.assertTrue(agent.results[1][1].is_temporary)     # 1400 s: still in time
+        self.assertTrue(agent.results[1][1].is_temporary)     # at 400 s: still in time
         agent.all_done, agent.expected = defer.Deferred(), 3
         clock.advance(1200)
         yield agent.all_done
