@@ -51,7 +51,9 @@ from indimail_tw.remote.client_parser import ClientCore, SessionFailed, TLSMode,
 from indimail_tw.remote.ipme import load_ipme
 from indimail_tw.remote.mx import Candidate, MXResolver, Unroutable
 from indimail_tw.remote.pool import DEFAULT_PER_HOST, IDLE_SECONDS, ConnectionCache, HostSlots
-from indimail_tw.remote.routes import NextHop, find_route, more_routes, next_hop
+from indimail_tw.remote.routes import (
+    NextHop, find_route, more_routes, next_hop, remote_auth, remote_auth_key,
+)
 from indimail_tw.remote.tcpto import DEFAULT_PENALTY, DEFAULT_TOLERANCE, TcpTo, table_path
 
 log = Logger()
@@ -96,6 +98,7 @@ class _Prepared:
     per_host: int
     ipme: frozenset[str] | None
     client_cert: Any
+    remote_auth: dict[str, tuple[str, ...]]    # remote_auth.cdb entries routes asked for
 
 
 class _Batch:
@@ -263,7 +266,8 @@ class RemoteDeliveryAgent:
         try:
             prep, _ = await defer.gatherResults([
                 self.run(self._prepare, settings.control, message.path, domain,
-                         [r.address for r in recipients], sender, self._ipme is None),
+                         [r.address for r in recipients], sender, self._ipme is None,
+                         settings.smtproutes),
                 self.tcpto.refresh()], consumeErrors=True)
         except defer.FirstError as e:
             error = e.subFailure.value
@@ -278,7 +282,8 @@ class RemoteDeliveryAgent:
             route, origin = prep.routes[i], "moresmtproutes.cdb"
             if route is None:
                 route, origin = find_route(settings.smtproutes, domain, sender), "smtproutes"
-            hop = next_hop(domain, route, self.environ, origin)
+            hop = next_hop(domain, route, self.environ, origin, prep.remote_auth, sender,
+                           recipients[i].address)
             groups.setdefault(hop.key, (hop, []))[1].append(i)
         results: list[DeliveryResult | None] = [None] * len(recipients)
         work = [defer.Deferred.fromCoroutine(self._deliver_group(
@@ -291,17 +296,24 @@ class RemoteDeliveryAgent:
         return [r for r in results if r is not None]
 
     def _prepare(self, control: Any, path: str, domain: str, addresses: list[str],
-                 sender: str, need_ipme: bool) -> _Prepared:
+                 sender: str, need_ipme: bool, smtproutes: Any = ()) -> _Prepared:
         """Blocking: everything read from disk before a delivery (runs in a thread)."""
         info = scan_message(path)
         routes = more_routes(control.path, self.environ, addresses, sender)
+        keys = []
+        for address, route in zip(addresses, routes, strict=True):
+            route = route or find_route(smtproutes, domain, sender)
+            if route is not None and route.relay and route.auth and \
+                    route.auth[0].startswith("/"):
+                keys.append(remote_auth_key(route.auth[0], sender, address))
+        found = remote_auth(control.path, keys) if keys else {}
         outgoing = control.lines(f"outgoingip.{domain}") if _SAFE_DOMAIN.match(domain) else ()
         value = control.value("concurrencyperhost")
         per_host = int(value) if value and value.isdigit() and int(value) > 0 \
             else DEFAULT_PER_HOST
         ipme = load_ipme(control) if need_ipme else None
         return _Prepared(info, routes, tuple(outgoing), control.lines("notlhosts"),
-                         per_host, ipme, self._load_client_cert())
+                         per_host, ipme, self._load_client_cert(), found)
 
     def _load_client_cert(self) -> Any:
         path = tlsmod.client_certificate_path(self.certs, self.environ)

@@ -17,7 +17,12 @@ qmail-remote's rules (qmail-remote(8), indimail-mta's get_relayhost):
   ``VAR=value,...`` (``VAR=`` unsets) as IndiMail's parse_env reads it:
   ``AUTH_SMTP`` chooses the mechanism and ``SECURE_AUTH`` whether PLAIN and
   LOGIN need TLS (on by default here; ``SECURE_AUTH=0`` or ``SECURE_AUTH=``
-  allows them in the clear).
+  allows them in the clear);
+* instead of them, ``/s``, ``/r`` or ``/token`` take ``user password [envstr]``
+  from ``remote_auth.cdb`` in the control directory, looked up by the envelope
+  sender, the (first) recipient, or ``token`` (:func:`remote_auth`, in a
+  thread).  Keys are the address as written, or ``!`` + the address (the
+  form IndiMail's cdb tools write for ``=address`` lines); not found: no AUTH.
 
 A relay route is "artificial": no CNAME following and no check that the
 relay is ourselves (qmail sets prefme beyond reach for it).
@@ -85,16 +90,30 @@ def find_route(routes: Sequence[SmtpRoute], domain: str, sender: str) -> SmtpRou
 
 
 def next_hop(domain: str, route: SmtpRoute | None, environ: Mapping[str, str],
-             origin: str = "smtproutes") -> NextHop:
-    """Turn a route (or None) into a :class:`NextHop` for ``domain``."""
+             origin: str = "smtproutes",
+             looked_up: Mapping[str, Sequence[str]] | None = None, sender: str = "",
+             recipient: str = "") -> NextHop:
+    """Turn a route (or None) into a :class:`NextHop` for ``domain``.
+
+    ``looked_up`` holds the ``remote_auth.cdb`` entries found for routes whose
+    credentials are ``/s``, ``/r`` or ``/token`` (see :func:`remote_auth`).
+    """
     if route is None or not route.relay:
         return NextHop(domain, use_mx=True, origin="MX")
     penalty, tolerance = (_number(x) for x in (tuple(route.extra) + ("", ""))[:2])
     where = f"{origin} line {route.line}" if route.line else origin
     relay = route.relay
+    words: Sequence[str] = route.auth
+    if words and words[0].startswith("/"):
+        key = remote_auth_key(words[0], sender, recipient)
+        words = (looked_up or {}).get(key, ())
+        if not words:
+            log.warn("{where}: no {name} entry for {key}; delivering without AUTH",
+                     where=where, name=REMOTE_AUTH_CDB, key=key)
+        where = f"{where} ({REMOTE_AUTH_CDB})"
     return NextHop(relay, port=route.port, use_mx=False, artificial=True,
                    implicit_tls=route.port == 465,
-                   credentials=credentials(route.auth, environ, where),
+                   credentials=credentials(words, environ, where),
                    penalty=penalty, max_tolerance=tolerance, origin=where)
 
 
@@ -112,8 +131,8 @@ def credentials(words: Sequence[str], environ: Mapping[str, str],
     if not words:
         return None
     if words[0].startswith("/"):
-        log.warn("{where}: credentials from remote_auth.cdb ({words}) are not supported; "
-                 "delivering without AUTH", where=where, words=words[0])
+        log.warn("{where}: {words} needs a {name} lookup first; delivering without AUTH",
+                 where=where, words=words[0], name=REMOTE_AUTH_CDB)
         return None
     if len(words) < 2:
         log.warn("{where}: a user without a password; delivering without AUTH", where=where)
@@ -131,6 +150,52 @@ def credentials(words: Sequence[str], environ: Mapping[str, str],
     secure = env.get("SECURE_AUTH")
     plaintext_ok = secure is not None and secure.strip().lower() in _OFF
     return Credentials(words[0], words[1], mechanism, plaintext_ok)
+
+
+REMOTE_AUTH_CDB = "remote_auth.cdb"
+
+
+def remote_auth_key(token: str, sender: str, recipient: str) -> str:
+    """What ``/s``, ``/r`` or ``/token`` looks up in ``remote_auth.cdb``."""
+    if token == "/s":
+        return sender
+    if token == "/r":
+        return recipient
+    return token[1:]
+
+
+def remote_auth(control_path: str, keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``remote_auth.cdb`` entries for ``keys``: key -> (user, password[, envstr]).
+
+    Blocking (call it in a thread).  Keys not found, and a missing file, are left
+    out; a value without a password is logged and left out.
+    """
+    import cdbx
+
+    path = os.path.join(control_path, REMOTE_AUTH_CDB)
+    try:
+        db = cdbx.CDB(path)
+    except OSError:
+        return {}
+    found: dict[str, tuple[str, ...]] = {}
+    try:
+        for key in dict.fromkeys(keys):
+            if not key:
+                continue
+            for candidate in ("!" + key, key, "!" + key.lower(), key.lower()):
+                value = db.get(candidate.encode("utf-8", "surrogateescape"))
+                if value is not None:
+                    break
+            if value is None:
+                continue
+            words = value.decode("utf-8", "replace").strip().split(None, 2)
+            if len(words) < 2:
+                log.warn("{path}: the entry for {key} has no password", path=path, key=key)
+                continue
+            found[key] = tuple(words)
+    finally:
+        db.close()
+    return found
 
 
 def parse_env(text: str) -> dict[str, str | None]:

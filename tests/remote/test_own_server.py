@@ -131,3 +131,26 @@ class OwnServerTests(unittest.TestCase):
         self.assertEqual([r.address for r in envelope.recipients], ["bob@example.com"])
         self.assertEqual(envelope.remote_ip, "127.0.0.1")
         self.assertTrue(data.endswith(body), data)
+
+    @defer.inlineCallbacks
+    def test_auth_with_credentials_from_remote_auth_cdb_by_sender(self):
+        import cdbx
+
+        port = self.listen("submission")
+        self.route(f"elsewhere.example:[127.0.0.1]:{port} /s")
+        with open(os.path.join(self.h.control, "remote_auth.cdb"), "wb") as f:
+            maker = cdbx.CDB.make(f)
+            maker.add(b"!alice@example.com", b"alice@example.com secret")
+            maker.commit().close()
+        agent = self.h.agent(resolver=object())
+        (result,) = yield self.h.deliver(agent, self.h.message("friend@elsewhere.example",
+                                                               sender="alice@example.com"))
+        self.assertTrue(result.is_ok, result)
+        ((envelope, _data),) = self.site.queue.messages
+        self.assertEqual(envelope.protocol, "ESMTPSA")
+        self.assertEqual(envelope.auth_user, "alice@example.com")
+        # a sender without an entry goes without AUTH, which the submission port refuses
+        (refused,) = yield self.h.deliver(agent, self.h.message("friend@elsewhere.example",
+                                                                sender="carol@example.com"))
+        self.assertFalse(refused.is_ok, refused)
+        self.assertEqual(len(self.site.queue.messages), 1)

@@ -6,7 +6,8 @@ import cdbx
 
 from indimail_tw.config.parsers import parse_smtproutes
 from indimail_tw.remote.routes import (
-    credentials, find_route, more_routes, next_hop, parse_env, relay_address,
+    credentials, find_route, more_routes, next_hop, parse_env, relay_address, remote_auth,
+    remote_auth_key,
 )
 
 ROUTES = parse_smtproutes(list(enumerate([
@@ -108,3 +109,52 @@ def test_moresmtproutes_cdb(tmp_path):
     (bounce,) = more_routes(str(tmp_path), {}, ["other@example.com"], "")
     assert bounce.relay == "bounce.example"
     assert more_routes(str(tmp_path / "nowhere"), {}, ["a@b"], "") == [None]
+
+
+def write_remote_auth(directory, entries):
+    with open(directory / "remote_auth.cdb", "wb") as f:
+        maker = cdbx.CDB.make(f)
+        for key, value in entries.items():
+            maker.add(key.encode(), value.encode())
+        maker.commit().close()
+
+
+def test_remote_auth_keys():
+    assert remote_auth_key("/s", "alice@me.example", "bob@x.example") == "alice@me.example"
+    assert remote_auth_key("/r", "alice@me.example", "bob@x.example") == "bob@x.example"
+    assert remote_auth_key("/relay-login", "a@b", "c@d") == "relay-login"
+
+
+def test_remote_auth_cdb_entries(tmp_path):
+    write_remote_auth(tmp_path, {
+        "!alice@me.example": "alice secret AUTH_SMTP=LOGIN,SECURE_AUTH=0",
+        "relay-login": "relayuser pw",
+        "!broken@me.example": "nopassword"})
+    found = remote_auth(str(tmp_path), ["alice@me.example", "relay-login", "nobody@x",
+                                        "broken@me.example", ""])
+    assert found == {"alice@me.example": ("alice", "secret", "AUTH_SMTP=LOGIN,SECURE_AUTH=0"),
+                     "relay-login": ("relayuser", "pw")}
+    assert remote_auth(str(tmp_path / "missing"), ["alice@me.example"]) == {}
+
+
+def test_routes_with_remote_auth_lookups(tmp_path):
+    routes = parse_smtproutes(list(enumerate([
+        "bysender.example:relay.example:587 /s",
+        "byrcpt.example:relay.example:587 /r",
+        "bytoken.example:relay.example:587 /relay-login"], start=1)))
+    looked_up = {"alice@me.example": ("alice", "secret", "AUTH_SMTP=LOGIN,SECURE_AUTH=0"),
+                 "bob@byrcpt.example": ("bob", "pw2"), "relay-login": ("relayuser", "pw")}
+
+    def hop(domain, recipient, sender="alice@me.example"):
+        return next_hop(domain, find_route(routes, domain, sender), {}, "smtproutes",
+                        looked_up, sender, recipient)
+
+    creds = hop("bysender.example", "x@bysender.example").credentials
+    assert (creds.user, creds.password, creds.mechanism, creds.plaintext_ok) == (
+        "alice", "secret", "LOGIN", True)
+    assert hop("byrcpt.example", "bob@byrcpt.example").credentials.user == "bob"
+    assert hop("byrcpt.example", "carol@byrcpt.example").credentials is None   # not found
+    assert hop("bytoken.example", "x@bytoken.example").credentials.user == "relayuser"
+    # different credentials: different transactions
+    assert hop("byrcpt.example", "bob@byrcpt.example").key != \
+        hop("byrcpt.example", "carol@byrcpt.example").key
