@@ -418,20 +418,20 @@ class IMAP:
         self.tagn += 1
         tag = b"a%d " % self.tagn
         self.writer.write(tag + text.encode() + b"\r\n")
-        chunks, tail = [], b"\r\n"
+        buf = bytearray(b"\r\n")
+        found = -1
         while True:
             chunk = await self.reader.read(1 << 20)
             if not chunk:
                 raise IMAPError(f"{text}: connection closed")
-            chunks.append(chunk)
-            window = tail + chunk
-            at = window.find(b"\r\n" + tag)
-            if at >= 0 and window.endswith(b"\r\n"):
-                reply = b"".join(chunks)
-                if not window[at + 2 + len(tag):].startswith(b"OK"):
-                    raise IMAPError(f"{text}: {window[at:at + 200]!r}")
-                return reply.count(b"\r\n") - 1
-            tail = window[-(len(tag) + 2):]
+            buf += chunk
+            if found < 0:
+                found = buf.find(b"\r\n" + tag, max(0, len(buf) - len(chunk) - len(tag) - 2))
+            if found >= 0 and buf.endswith(b"\r\n") and buf.find(b"\r\n", found + 2) == \
+                    len(buf) - 2:
+                if not buf[found + 2 + len(tag):].startswith(b"OK"):
+                    raise IMAPError(f"{text}: {bytes(buf[found:found + 200])!r}")
+                return buf.count(b"\r\n") - 2
 
     def close(self, reset: bool = False) -> None:
         if not hasattr(self, "writer"):
