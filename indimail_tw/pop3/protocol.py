@@ -15,6 +15,13 @@ flow control of the input, and the streaming of RETR/TOP:
 
 File reads happen on the reactor thread, as Twisted's FileSender does: the
 files are local and usually in the page cache.
+
+A reply goes straight to the socket (:meth:`POP3ServerProtocol._write`) when
+the transport is plain TCP with nothing queued: ``transport.write`` would
+only queue it, ask the reactor for a writable event and send it on the next
+loop turn (two ``epoll_ctl`` calls and a dispatch per reply, ~10% of the CPU
+of a RETR).  Whatever the socket does not take at once, and every write under
+TLS, goes through the transport as usual, after anything already queued.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,6 +56,30 @@ def client_of(transport: Any, service: str) -> Any:
 def no_delay(transport: Any) -> None:
     with contextlib.suppress(AttributeError, NotImplementedError, OSError):
         transport.setTcpNoDelay(True)
+
+
+def direct_socket(transport: Any) -> Any:
+    """The socket of a plain TCP transport (reactor-driven, no TLS), else None."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        return transport.socket
+    return None
+
+
+def send_now(transport: Any, sock: Any, data: bytes) -> None:
+    """``transport.write(data)``, sending at once what the socket takes when nothing is
+    queued before it (see the module docstring); the rest is queued in order."""
+    if (sock is not None and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected and not transport.disconnecting
+            and transport.producer is None):
+        try:
+            sent = sock.send(data)
+        except OSError:          # EAGAIN, or an error the transport's own write will meet
+            sent = 0
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 @implementer(interfaces.IPullProducer)
@@ -109,12 +140,15 @@ class POP3ServerProtocol(protocol.Protocol):
         self._closing = False
         self._timer: Any = None
         self._stream: _MessageStream | None = None
+        self._socket: Any = None         # set while replies may bypass the transport's buffer
 
     # -- connection ----------------------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
         self.client = client_of(self.transport, self.factory.service)
         no_delay(self.transport)
+        if not self.factory.tls_on_connect:
+            self._socket = direct_socket(self.transport)
         if self.factory.tls_on_connect:             # implicit TLS on a plain listener (995)
             try:
                 self.transport.startTLS(self.factory.tls_options())
@@ -208,7 +242,7 @@ class POP3ServerProtocol(protocol.Protocol):
             self._send_body(response)
             return
         if response.data:
-            self.transport.write(response.data)
+            self._write(response.data)
         if response.starttls:
             self._start_tls()
         elif response.close:
@@ -235,14 +269,17 @@ class POP3ServerProtocol(protocol.Protocol):
             out = encoder.feed(data)
             if len(data) <= body.size or encoder.done:
                 body.file.close()
-                self.transport.write(response.data + out + encoder.finish())
+                self._write(response.data + out + encoder.finish())
                 return
-            self.transport.write(response.data + out)      # it grew: stream the rest
+            self._write(response.data + out)      # it grew: stream the rest
         else:
-            self.transport.write(response.data)
+            self._write(response.data)
         self._waiting = True
         self._stream = _MessageStream(self, body, encoder)
         self.transport.registerProducer(self._stream, False)
+
+    def _write(self, data: bytes) -> None:
+        send_now(self.transport, self._socket, data)
 
     def stream_done(self) -> None:
         self._stream = None
@@ -278,6 +315,7 @@ class POP3ServerProtocol(protocol.Protocol):
     # -- TLS -------------------------------------------------------------------------------------
 
     def _start_tls(self) -> None:
+        self._socket = None              # from now on every byte goes through TLS
         dropped = self.parser.discard_buffered()
         if dropped:
             log.warn("discarded {n} bytes pipelined after STLS from {ip}", n=dropped,
