@@ -163,7 +163,7 @@ def render(plan: FetchPlan, seq: int, rec: Any, loaded: Loaded | None,
             data = loaded.data
             hend, body = mime.header_end(data, 0, len(data))
             part = data[:hend] if name == "RFC822.HEADER" else data[body:]
-            out.append(name.encode() + b" " + wire.literal(part))
+            out.append(name.encode() + b" " + _string(part))
         elif name == "BODY[]":
             out.append(item.response_name() + b" " + _section(item, loaded))
         elif name in ("BINARY[]", "BINARY.SIZE[]"):
@@ -223,13 +223,19 @@ def _section(item: Any, loaded: Loaded) -> bytes:
         content = mime.section(data, loaded.root, sec.part, sec.text, sec.fields)
     if content is None:
         return b"NIL"
-    return wire.literal(_partial(content, item.partial))
+    return _string(_partial(content, item.partial))
+
+
+def _string(data: bytes) -> bytes:
+    """A literal, or ``""`` for no data (e.g. a partial fetch starting past the end,
+    RFC 9051 6.4.5: "an empty string is returned")."""
+    return wire.literal(data) if data else b'""'
 
 
 def _literal8(data: bytes) -> bytes:
     if b"\0" in data or not data.isascii():
         return b"~{%d}\r\n" % len(data) + data
-    return wire.literal(data)
+    return _string(data)
 
 
 def do_fetch(session: Any, tag: bytes, args: Any):

@@ -58,7 +58,8 @@ class SelectedMailbox:
         self.session = session
         self.uids = index.uids()               # seq - 1 -> uid, expunged-but-unannounced kept
         self.gone: set[int] = set()            # expunged by others, not yet announced
-        self.recent: set[int] = set() if readonly else set(index.claim_recent())
+        # EXAMINE sees \Recent without taking it from the next session (RFC 3501 6.3.2)
+        self.recent: set[int] = index.peek_recent() if readonly else index.claim_recent()
         self.closed = False
         self.keywords: set[str] = set()        # announced in FLAGS
         session.searchres = set()              # RFC 5182: $ is empty after SELECT
@@ -245,8 +246,8 @@ class SelectedMailbox:
         added = [r.uid for r in changes.added if r.uid > self.largest_uid()]
         if added:
             self.uids.extend(added)
-            if not self.readonly:
-                self.recent.update(self.index.claim_recent())
+            self.recent.update(self.index.peek_recent() if self.readonly
+                               else self.index.claim_recent())
             out.append(wire.untagged(b"%d EXISTS" % self.exists))
             if not self.rev2:
                 out.append(wire.untagged(b"%d RECENT" % len(self.recent)))

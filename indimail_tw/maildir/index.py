@@ -1071,6 +1071,12 @@ class FolderIndex:
             return set()
         return set(self._uids[bisect.bisect_left(self._uids, mark):])
 
+    def peek_recent(self) -> set[int]:
+        """The uids :meth:`claim_recent` would give now, claiming none (EXAMINE must
+        not take \\Recent away from the next session, RFC 3501 6.3.2)."""
+        mark = self._conn.execute("SELECT recent_mark FROM meta").fetchone()[0]
+        return set(self._uids[bisect.bisect_left(self._uids, mark):])
+
     def cache_get(self, uid: int, key: str) -> bytes | None:
         """A cached blob for the message (e.g. key="structure"), or None."""
         row = self._conn.execute("SELECT blob FROM cache WHERE uid = ? AND name = ?",

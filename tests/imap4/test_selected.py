@@ -55,7 +55,7 @@ def test_select_responses_rev2_and_condstore(h):
 def test_examine_has_no_permanent_flags_and_claims_nothing(h):
     h.deliver(MSG)
     out = text(h.select(readonly=True))
-    assert "* 0 RECENT" in out
+    assert "* 1 RECENT" in out        # shown (RFC 3501 6.3.2), not claimed
     assert "* OK [PERMANENTFLAGS ()] No permanent flags permitted" in out
     # a later read-write session still gets \Recent
     other = second_session(h)

@@ -429,6 +429,17 @@ def test_claim_recent_once_across_objects(maildir, message, opened):
     assert FolderIndex.open(maildir).claim_recent() == set()
 
 
+def test_peek_recent_claims_nothing(maildir, message, opened):
+    # EXAMINE's view: what is \Recent, without taking it from the next SELECT
+    deliver(maildir, message)
+    deliver(maildir, message)
+    one = opened(maildir)
+    assert one.peek_recent() == {1, 2}
+    assert one.peek_recent() == {1, 2}
+    assert opened(maildir).claim_recent() == {1, 2}
+    assert one.peek_recent() == set()
+
+
 def test_claim_recent_leaves_unsynced_messages(maildir, message, opened):
     deliver(maildir, message)
     one = opened(maildir)
