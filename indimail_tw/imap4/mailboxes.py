@@ -370,6 +370,8 @@ def lsub_lines(folders: mf.MailFolders, reference: str, patterns: list[str],
                utf8: bool) -> list[bytes]:
     subs = folders.subscriptions()
     regexes = [mf.pattern_regex(reference, p) for p in patterns]
+    # only a "%" wildcard brings in unsubscribed parents (RFC 3501 6.3.9)
+    percent = [r for r, p in zip(regexes, patterns, strict=True) if "%" in reference + p]
     shown: dict[str, bool] = {}              # name -> subscribed itself
     for name in subs:
         if any(r.match(name) for r in regexes):
@@ -377,7 +379,7 @@ def lsub_lines(folders: mf.MailFolders, reference: str, patterns: list[str],
         levels = name.split(mf.SEPARATOR)
         for i in range(1, len(levels)):      # "%": unsubscribed parents as \Noselect
             parent = mf.SEPARATOR.join(levels[:i])
-            if parent not in shown and any(r.match(parent) for r in regexes):
+            if parent not in shown and any(r.match(parent) for r in percent):
                 shown.setdefault(parent, False)
     lines = []
     for name in sorted(shown, key=_order):

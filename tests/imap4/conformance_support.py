@@ -479,7 +479,9 @@ def _untagged_data(r: _Reader) -> None:
             else:
                 _number(v, "SEARCH", nz=True)
     elif w == b"ESEARCH":
-        r.values()
+        if not r.at_end():
+            r.sp()
+            r.values()
     elif w == b"NAMESPACE":
         for _ in range(3):
             r.sp()

@@ -20,7 +20,6 @@ import re
 import shutil
 import ssl
 import tempfile
-import time
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
@@ -35,9 +34,7 @@ from indimail_tw.storage import User
 from indimail_tw.storage.store import REPOS
 from indimail_tw.tlsutil import make_self_signed
 from tests.imap4.conformance_support import (
-    NIL,
     Client,
-    Str,
     SyntaxViolation,
     check_response,
     parse_list,
@@ -834,3 +831,347 @@ class FetchTests(ConformanceCase):
                          b' NIL)("TEXT" "PLAIN" ("FORMAT" "FLOWED" "CHARSET" "ISO-8859-1") NIL NIL'
                          b' "QUOTED-PRINTABLE" 6 1 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "XX") NIL'
                          b' NIL NIL)')
+
+
+SEARCH_MESSAGES = [
+    ("(\\Seen \\Answered)", "01-Jan-2024 10:00:00 +0000",
+     simple("alpha", "the quick brown fox", extra=("Cc: dan@example.com",
+                                                   "Bcc: secret@example.com"))),
+    ("(\\Flagged \\Deleted $Work)", "15-Feb-2024 10:00:00 +0000",
+     crlf("From: Carol <carol@example.org>", "To: alice@example.com", "Subject: beta",
+          "Date: Thu, 15 Feb 2024 08:00:00 +0000", "X-Empty: something", "", "x" * 2000)),
+    ("(\\Draft)", "10-Mar-2024 10:00:00 +0000",
+     crlf("From: bob@example.com", "Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=",
+          "Date: Sun, 10 Mar 2024 13:30:00 +0000", "", "body three")),
+    ("()", "10-Mar-2024 11:00:00 +0000",
+     crlf("From: zed@example.net", "X-Empty:", "Date: Mon, 11 Mar 2024 09:00:00 +0000", "",
+          "no subject")),
+]
+
+
+class SearchTests(ConformanceCase):
+    def setup_search(self) -> Client:
+        deliver.prepare(self.maildir)
+        a = self.connect()
+        for flags, date, data in SEARCH_MESSAGES:
+            _u, done = a.cmd_literal(f'APPEND INBOX {flags} "{date}"'.encode(), data)
+            self.assertRegex(done, rb"\At[0-9]+ OK \[APPENDUID [0-9]+ [0-9]+\] ")
+        a.cmd("LOGOUT")
+        b = self.connect(select="INBOX")
+        c = self.connect(select="INBOX")       # b took \Recent: c sees none
+        return c
+
+    def search(self, c: Client, criteria: str | bytes, uid: bool = False) -> list[int]:
+        if isinstance(criteria, str):
+            criteria = criteria.encode()
+        untagged, _ = c.cmd((b"UID SEARCH " if uid else b"SEARCH ") + criteria)
+        lines = [u for u in untagged if u.startswith(b"* SEARCH")]
+        self.assertEqual(len(lines), 1, untagged)
+        return [int(n) for n in lines[0].split()[2:]]
+
+    @threaded
+    def test_every_key(self):
+        c = self.setup_search()
+        cases = {
+            "ALL": [1, 2, 3, 4], "ANSWERED": [1], "UNANSWERED": [2, 3, 4],
+            "DELETED": [2], "UNDELETED": [1, 3, 4], "DRAFT": [3], "UNDRAFT": [1, 2, 4],
+            "FLAGGED": [2], "UNFLAGGED": [1, 3, 4], "SEEN": [1], "UNSEEN": [2, 3, 4],
+            "KEYWORD $Work": [2], "UNKEYWORD $Work": [1, 3, 4], "KEYWORD $Nope": [],
+            "RECENT": [], "NEW": [], "OLD": [1, 2, 3, 4],
+            "BCC secret": [1], "CC dan@": [1], "TO alice": [1, 2], "FROM CAROL": [2],
+            "FROM bob@example.com": [1, 3], "SUBJECT alp": [1], 'SUBJECT ""': [1, 2, 3],
+            "BODY fox": [1], "BODY carol": [], "TEXT carol": [2], "TEXT FOX": [1],
+            "HEADER X-Empty something": [2], 'HEADER X-Empty ""': [2, 4],
+            'HEADER "X-Absent" ""': [], "HEADER subject BETA": [2],
+            "LARGER 1000": [2], "SMALLER 1000": [1, 3, 4], "LARGER 100000": [],
+            "BEFORE 15-Feb-2024": [1], "ON 15-Feb-2024": [2], "SINCE 15-Feb-2024": [2, 3, 4],
+            "SINCE 1-Mar-2024": [3, 4], "ON 10-Mar-2024": [3, 4],
+            "SENTBEFORE 15-Feb-2024": [1], "SENTON 15-Feb-2024": [2],
+            "SENTSINCE 10-Mar-2024": [3, 4], "SENTON 11-Mar-2024": [4],
+            "1": [1], "2:*": [2, 3, 4], "*": [4], "*:3": [3, 4], "1,3:4": [1, 3, 4],
+            "5:*": [4],          # RFC 9051 6.4.4: * is the largest number in use
+            "UID 2:3": [2, 3], "UID 3:*": [3, 4], "UID 100:*": [4], "UID 100:200": [],
+            "OR SEEN FLAGGED": [1, 2], "NOT SEEN": [2, 3, 4],
+            "NOT (OR SEEN OR DRAFT DELETED)": [4], "NOT (SEEN OR DRAFT DELETED)": [1, 2, 3, 4], "(FROM bob SUBJECT alpha)": [1],
+            "OR (SEEN ANSWERED) (DRAFT NOT FLAGGED)": [1, 3], "SEEN UNSEEN": [],
+            "NOT NOT SEEN": [1], "OR OR SEEN DRAFT DELETED": [1, 2, 3],
+            "CHARSET US-ASCII SUBJECT beta": [2], "CHARSET UTF-8 ALL": [1, 2, 3, 4],
+        }
+        for criteria, expected in cases.items():
+            self.assertEqual(self.search(c, criteria), expected, criteria)
+
+    @threaded
+    def test_uid_search_and_out_of_range(self):
+        c = self.setup_search()
+        uids = [int(fetch_items(u)[b"UID"]) for u in c.cmd("FETCH 1:* UID")[0]]
+        self.assertEqual(self.search(c, "SEEN", uid=True), [uids[0]])
+        self.assertEqual(self.search(c, "1:2", uid=True), uids[:2])
+        self.assertEqual(self.search(c, "UID 900:999", uid=True), [])
+        # out-of-range UIDs in UID commands: no error, no data (RFC 9051 6.4.9)
+        untagged, done = c.cmd("UID FETCH 900:999 FLAGS")
+        self.assertEqual(untagged, [])
+        untagged, done = c.cmd("UID STORE 900 +FLAGS (\\Seen)")
+        self.assertEqual(untagged, [])
+        untagged, done = c.cmd("UID COPY 900:999 Trash")
+        self.assertEqual(untagged, [])
+        untagged, done = c.cmd("UID MOVE 900:999 Trash")
+        self.assertEqual(untagged, [])
+        untagged, done = c.cmd("UID EXPUNGE 900")
+        self.assertEqual(untagged, [])
+        # UID 999:* covers the largest UID (its range is 999:max -> max:999)
+        untagged, _ = c.cmd("UID FETCH 999:* FLAGS")
+        self.assertEqual(len(untagged), 1)
+        self.assertIn(b"UID %d" % uids[-1], untagged[0])
+        # a message sequence number out of range is an error (RFC 9051 6.4.5)
+        _u, done = c.cmd("FETCH 9 FLAGS", ok=False)
+        self.assertRegex(done, rb"\At[0-9]+ BAD ")
+
+    @threaded
+    def test_charset_and_literals(self):
+        c = self.setup_search()
+        word = "grüße".encode()
+        tag = c.tag()
+        c.send(tag + b" SEARCH CHARSET UTF-8 SUBJECT {%d}\r\n" % len(word))
+        self.assertTrue(c.response().startswith(b"+ "))
+        c.send(word + b"\r\n")
+        untagged, done = c.until_tagged(tag)
+        self.assertEqual(untagged, [b"* SEARCH 3\r\n"])
+        _u, done = c.cmd("SEARCH CHARSET X-NOSUCH SUBJECT x", ok=False)
+        self.assertRegex(done, rb"\At[0-9]+ NO \[BADCHARSET( \([^)]*\))?\] ")
+        untagged, _ = c.cmd("SEARCH RETURN (MIN MAX COUNT) UNSEEN")
+        self.assertEqual(untagged, [b'* ESEARCH (TAG "%s") MIN 2 MAX 4 COUNT 3\r\n'
+                                    % (b"t%d" % c._tag)])
+        untagged, _ = c.cmd("SEARCH RETURN () NOT ALL")
+        self.assertEqual(untagged, [b'* ESEARCH (TAG "%s")\r\n' % (b"t%d" % c._tag)])
+
+    @threaded
+    def test_recent_new_in_the_claiming_session(self):
+        deliver.prepare(self.maildir)
+        a = self.connect()
+        for flags, date, data in SEARCH_MESSAGES:
+            a.cmd_literal(f'APPEND INBOX {flags} "{date}"'.encode(), data)
+        b = self.connect(select="INBOX")
+        self.assertEqual(self.search(b, "RECENT"), [1, 2, 3, 4])
+        self.assertEqual(self.search(b, "NEW"), [2, 3, 4])
+        self.assertEqual(self.search(b, "OLD"), [])
+        self.assertEqual(self.search(b, "NOT RECENT"), [])
+
+
+class MailboxChangeTests(ConformanceCase):
+    @threaded
+    def test_store_variants(self):
+        self.fill(simple("one"), simple("two"), simple("three"))
+        c = self.connect(select="INBOX")
+        f = [sorted_flags(u) for u in c.cmd("STORE 1:2 +FLAGS (\\Seen $Work)")[0]]
+        self.assertEqual(f[0:1], [sorted_flags(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen "
+                                               b"\\Draft $Forwarded $Work)\r\n")])
+        self.assertTrue(f[1].startswith(b"* OK [PERMANENTFLAGS ("), f)
+        self.assertEqual(f[2:], [b"* 1 FETCH (FLAGS ($Work \\Seen))\r\n",
+                                 b"* 2 FETCH (FLAGS ($Work \\Seen))\r\n"])
+        self.assertEqual([sorted_flags(u) for u in c.cmd("STORE 2 -FLAGS ($Work)")[0]],
+                         [b"* 2 FETCH (FLAGS (\\Seen))\r\n"])
+        self.assertEqual(c.cmd("STORE 3 FLAGS (\\Flagged)")[0],
+                         [b"* 3 FETCH (FLAGS (\\Flagged))\r\n"])
+        self.assertEqual(c.cmd("STORE 1:3 +FLAGS.SILENT (\\Answered)")[0], [])
+        self.assertEqual(c.cmd("STORE 3 -FLAGS.SILENT (\\Answered)")[0], [])
+        self.assertEqual([sorted_flags(u) for u in c.cmd("FETCH 1:3 FLAGS")[0]], [
+            b"* 1 FETCH (FLAGS ($Work \\Answered \\Seen))\r\n",
+            b"* 2 FETCH (FLAGS (\\Answered \\Seen))\r\n",
+            b"* 3 FETCH (FLAGS (\\Flagged))\r\n"])
+        # UID STORE answers with UID in each FETCH (RFC 9051 6.4.9)
+        untagged, _ = c.cmd("UID STORE 3 FLAGS ()")
+        self.assertEqual(sorted(fetch_items(untagged[0])), [b"FLAGS", b"UID"])
+        # a flag list without parentheses is allowed
+        self.assertEqual(c.cmd("STORE 3 +FLAGS \\Draft")[0], [b"* 3 FETCH (FLAGS (\\Draft))\r\n"])
+        # \Recent cannot be stored
+        c.cmd("STORE 3 +FLAGS (\\Recent)", ok=False)
+
+    @threaded
+    def test_expunge_sequence_numbering(self):
+        self.fill(*[simple(f"m{i}") for i in range(1, 7)])
+        c = self.connect(select="INBOX")
+        c.cmd("STORE 2,3,5 +FLAGS.SILENT (\\Deleted)")
+        untagged, done = c.cmd("EXPUNGE")
+        # each EXPUNGE renumbers the rest: 2, then old 3 is 2, then old 5 is 3
+        self.assertEqual(untagged, [b"* 2 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n", b"* 3 EXPUNGE\r\n"])
+        subjects = [fetch_items(u)[b"BODY[HEADER.FIELDS (SUBJECT)]"]
+                    for u in c.cmd("FETCH 1:* BODY.PEEK[HEADER.FIELDS (SUBJECT)]")[0]]
+        self.assertEqual(subjects, [b"Subject: m1\r\n\r\n", b"Subject: m4\r\n\r\n",
+                                    b"Subject: m6\r\n\r\n"])
+        # UID EXPUNGE removes only the given UIDs that are \Deleted
+        c.cmd("STORE 1:3 +FLAGS.SILENT (\\Deleted)")
+        untagged, done = c.cmd("UID EXPUNGE 4:6")
+        self.assertEqual(untagged, [b"* 2 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"])
+
+    @threaded
+    def test_copy_and_move(self):
+        self.fill(*[simple(f"m{i}") for i in range(1, 5)])
+        c = self.connect(select="INBOX")
+        c.cmd("STORE 2 +FLAGS (\\Flagged)")
+        c.cmd("CREATE Dest")
+        untagged, done = c.cmd("COPY 2:3 Dest")
+        self.assertEqual(untagged, [])
+        self.assertRegex(done, rb"\At[0-9]+ OK \[COPYUID [0-9]+ 2:3 1:2\] ")
+        untagged, done = c.cmd("MOVE 1,3 Dest")
+        # RFC 6851: COPYUID in an untagged OK before the EXPUNGEs
+        self.assertRegex(untagged[0], rb"\A\* OK \[COPYUID [0-9]+ 1,3 3:4\] ")
+        self.assertEqual(untagged[1:], [b"* 1 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"])
+        untagged, _ = c.cmd("UID MOVE 4 Dest")
+        self.assertEqual(untagged[1:], [b"* 2 EXPUNGE\r\n"])
+        c.cmd("SELECT Dest")
+        self.assertEqual([sorted_flags(u) for u in c.cmd("FETCH 1:* FLAGS")[0]], [
+            b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n", b"* 2 FETCH (FLAGS (\\Recent))\r\n",
+            b"* 3 FETCH (FLAGS (\\Recent))\r\n", b"* 4 FETCH (FLAGS (\\Recent))\r\n",
+            b"* 5 FETCH (FLAGS (\\Recent))\r\n"])
+
+    @threaded
+    def test_append_flags_and_date(self):
+        deliver.prepare(self.maildir)
+        c = self.connect()
+        data = simple("appended")
+        _u, done = c.cmd_literal(b'APPEND INBOX (\\Seen $Tag) "05-Jul-2023 14:03:09 +0200"',
+                                 data)
+        m = re.match(rb"t2 OK \[APPENDUID ([0-9]+) ([0-9]+)\] ", done)
+        self.assertTrue(m, done)
+        _u, done = c.cmd_literal(b"APPEND INBOX", data, plus=True)
+        self.assertRegex(done, rb"\At3 OK \[APPENDUID [0-9]+ 2\] ")
+        _u, done = c.cmd_literal(b'APPEND INBOX " 5-Jul-2023 14:03:09 +0200"', data)
+        c.cmd("SELECT INBOX")
+        line = sorted_flags(self.fetch1(c, "UID FETCH %s (FLAGS INTERNALDATE RFC822.SIZE "
+                                           "BODY.PEEK[])" % m.group(2).decode()))
+        items = fetch_items(line)
+        self.assertEqual(items[b"FLAGS"], [b"$Tag", b"\\Recent", b"\\Seen"])
+        # the same instant (the zone the server answers in is its choice)
+        self.assertIn(items[b"INTERNALDATE"], (b"05-Jul-2023 14:03:09 +0200",
+                                               b"05-Jul-2023 12:03:09 +0000"))
+        self.assertEqual(items[b"BODY[]"], data)
+        self.assertEqual(int(items[b"RFC822.SIZE"]), len(data))
+        self.assertIn(fetch_items(self.fetch1(c, "FETCH 3 INTERNALDATE"))[b"INTERNALDATE"],
+                      (b"05-Jul-2023 14:03:09 +0200", b"05-Jul-2023 12:03:09 +0000"))
+        # bad date or flags: BAD
+        _u, done = c.cmd(b'APPEND INBOX "31-Foo-2023 14:03:09 +0200" {1+}\r\nx', ok=False)
+        self.assertRegex(done, rb"\At[0-9]+ BAD ")
+        _u, done = c.cmd(b'APPEND INBOX (\\Recent) {1+}\r\nx', ok=False)
+        self.assertRegex(done, rb"\At[0-9]+ (BAD|NO) ")
+        # APPEND to the selected mailbox: EXISTS before the tagged OK
+        untagged, done = c.cmd_literal(b"APPEND INBOX", data, plus=True)
+        self.assertIn(b"* 4 EXISTS\r\n", untagged)
+
+    @threaded
+    def test_other_session_changes_arrive_between_commands(self):
+        self.fill(simple("one"), simple("two"), simple("three"))
+        a = self.connect(select="INBOX")
+        b = self.connect(select="INBOX")
+        b.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(a.cmd("NOOP")[0], [b"* 2 FETCH (FLAGS (\\Flagged))\r\n"])
+        b.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        b.cmd("EXPUNGE")
+        self.deliver(simple("four"))
+        # no EXPUNGE during FETCH, STORE, SEARCH (RFC 9051 7.5.1)
+        untagged, _ = a.cmd("FETCH 3 FLAGS")
+        self.assertFalse([u for u in untagged if u.endswith(b"EXPUNGE\r\n")], untagged)
+        untagged, _ = a.cmd("SEARCH ALL")
+        self.assertFalse([u for u in untagged if u.endswith(b"EXPUNGE\r\n")], untagged)
+        untagged, _ = a.cmd("NOOP")
+        self.assertIn(b"* 1 EXPUNGE\r\n", untagged)
+        exists = [u for u in a.seen if u.endswith(b" EXISTS\r\n")]
+        self.assertEqual(exists[-1], b"* 4 EXISTS\r\n")   # announced before the EXPUNGE
+        self.assertEqual(len(a.cmd("FETCH 1:* UID")[0]), 3)
+
+    @threaded
+    def test_idle(self):
+        self.fill(simple("one"))
+        a = self.connect(select="INBOX")
+        b = self.connect(select="INBOX")
+        tag = a.tag()
+        a.send(tag + b" IDLE\r\n")
+        self.assertTrue(a.response().startswith(b"+ "))
+        self.deliver(simple("two"))
+        self.assertEqual(a.response(), b"* 2 EXISTS\r\n")
+        self.assertEqual(a.response(), b"* 1 RECENT\r\n")
+        b.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")
+        self.assertEqual(a.response(), b"* 1 FETCH (FLAGS (\\Seen))\r\n")
+        b.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        a.response()
+        b.cmd("EXPUNGE")
+        self.assertEqual(a.response(), b"* 1 EXPUNGE\r\n")
+        a.send(b"DONE\r\n")
+        _u, done = a.until_tagged(tag)
+        self.assertRegex(done, rb"\At[0-9]+ OK ")
+        # anything but DONE ends IDLE with BAD
+        tag = a.tag()
+        a.send(tag + b" IDLE\r\n")
+        a.response()
+        a.send(b"NOOP\r\n")
+        _u, done = a.until_tagged(tag)
+        self.assertRegex(done, rb"\At[0-9]+ BAD ")
+        a.cmd("NOOP")
+
+
+class ListTests(ConformanceCase):
+    @threaded
+    def test_list_lsub_and_delimiter(self):
+        c = self.connect()
+        c.cmd("CREATE Work.Projects")
+        c.cmd('CREATE "Quote\\"d"')
+        untagged, _ = c.cmd('LIST "" ""')
+        self.assertEqual(untagged, [b'* LIST (\\Noselect) "." ""\r\n'])
+        untagged, _ = c.cmd('LIST "" *')
+        names = {u.rsplit(b'" ', 1)[1][:-2]: u for u in untagged}
+        self.assertEqual(sorted(names), sorted([b"INBOX", b"Drafts", b"Sent", b"Trash", b"Junk",
+                                                b"Archive", b"Work", b"Work.Projects",
+                                                b'"Quote\\"d"']))
+        self.assertRegex(names[b"Work"], rb"\A\* LIST \(\\HasChildren\) \".\" Work\r\n")
+        self.assertRegex(names[b"Work.Projects"], rb"\\HasNoChildren")
+        untagged, _ = c.cmd('LIST "" %')
+        self.assertNotIn(b"Work.Projects", b"".join(untagged))
+        untagged, _ = c.cmd('LIST Work. %')
+        self.assertEqual(untagged, [b'* LIST (\\HasNoChildren) "." Work.Projects\r\n'])
+        untagged, _ = c.cmd('LIST "" inbox')
+        self.assertEqual(len(untagged), 1)
+        self.assertTrue(untagged[0].endswith(b' "." INBOX\r\n'))
+        c.cmd("SUBSCRIBE Work.Projects")
+        untagged, _ = c.cmd('LSUB "" *')
+        self.assertIn(b'* LSUB () "." Work.Projects\r\n', untagged)
+        untagged, _ = c.cmd('LSUB "" Work')
+        self.assertEqual(untagged, [])
+        # LSUB with % shows an unsubscribed parent as \Noselect (RFC 3501 6.3.9)
+        untagged, _ = c.cmd('LSUB "" %')
+        self.assertIn(b'* LSUB (\\Noselect) "." Work\r\n', untagged)
+        c.cmd("UNSUBSCRIBE Work.Projects")
+        self.assertEqual(c.cmd('LSUB "" Work.*')[0], [])
+
+    @threaded
+    def test_status_and_namespace(self):
+        self.fill(simple("one"), simple("two"))
+        c = self.connect(select="INBOX")
+        c.cmd("STORE 1 +FLAGS (\\Seen)")
+        untagged, _ = c.cmd("STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)")
+        self.assertRegex(untagged[0], rb"\A\* STATUS INBOX \(MESSAGES 2 RECENT 0 UIDNEXT 3 "
+                                      rb"UIDVALIDITY [0-9]+ UNSEEN 1\)\r\n\Z")
+        untagged, _ = c.cmd('STATUS "Trash" (MESSAGES)')
+        self.assertEqual(untagged, [b"* STATUS Trash (MESSAGES 0)\r\n"])
+        _u, done = c.cmd("STATUS INBOX (BOGUS)", ok=False)
+        self.assertRegex(done, rb"\At[0-9]+ BAD ")
+        untagged, _ = c.cmd("NAMESPACE")
+        self.assertEqual(untagged, [b'* NAMESPACE (("" ".")) NIL NIL\r\n'])
+
+    @threaded
+    def test_delete_and_rename(self):
+        c = self.connect()
+        c.cmd("CREATE A.B")
+        # deleting a parent with children: it becomes \Noselect (RFC 3501 6.3.4)
+        c.cmd("DELETE A")
+        untagged, _ = c.cmd('LIST "" A')
+        self.assertEqual(untagged, [b'* LIST (\\Noselect \\HasChildren) "." A\r\n'])
+        c.cmd("RENAME A.B C")
+        untagged, _ = c.cmd('LIST "" C*')
+        self.assertEqual(untagged, [b'* LIST (\\HasNoChildren) "." C\r\n'])
+        # RENAME INBOX moves its messages, INBOX stays (RFC 9051 6.3.6)
+        self.deliver(simple("x"))
+        c.cmd("RENAME INBOX Old")
+        self.assertEqual(c.cmd("STATUS INBOX (MESSAGES)")[0],
+                         [b"* STATUS INBOX (MESSAGES 0)\r\n"])
+        self.assertEqual(c.cmd("STATUS Old (MESSAGES)")[0], [b"* STATUS Old (MESSAGES 1)\r\n"])
+        c.cmd("CREATE Old", ok=False)
+        c.cmd("RENAME C Old", ok=False)
