@@ -857,8 +857,8 @@ class SearchTests(ConformanceCase):
             _u, done = a.cmd_literal(f'APPEND INBOX {flags} "{date}"'.encode(), data)
             self.assertRegex(done, rb"\At[0-9]+ OK \[APPENDUID [0-9]+ [0-9]+\] ")
         a.cmd("LOGOUT")
-        b = self.connect(select="INBOX")
-        c = self.connect(select="INBOX")       # b took \Recent: c sees none
+        self.connect(select="INBOX")
+        c = self.connect(select="INBOX")       # the first took \Recent: c sees none
         return c
 
     def search(self, c: Client, criteria: str | bytes, uid: bool = False) -> list[int]:
@@ -892,7 +892,8 @@ class SearchTests(ConformanceCase):
             "5:*": [4],          # RFC 9051 6.4.4: * is the largest number in use
             "UID 2:3": [2, 3], "UID 3:*": [3, 4], "UID 100:*": [4], "UID 100:200": [],
             "OR SEEN FLAGGED": [1, 2], "NOT SEEN": [2, 3, 4],
-            "NOT (OR SEEN OR DRAFT DELETED)": [4], "NOT (SEEN OR DRAFT DELETED)": [1, 2, 3, 4], "(FROM bob SUBJECT alpha)": [1],
+            "NOT (OR SEEN OR DRAFT DELETED)": [4],
+            "NOT (SEEN OR DRAFT DELETED)": [1, 2, 3, 4], "(FROM bob SUBJECT alpha)": [1],
             "OR (SEEN ANSWERED) (DRAFT NOT FLAGGED)": [1, 3], "SEEN UNSEEN": [],
             "NOT NOT SEEN": [1], "OR OR SEEN DRAFT DELETED": [1, 2, 3],
             "CHARSET US-ASCII SUBJECT beta": [2], "CHARSET UTF-8 ALL": [1, 2, 3, 4],
@@ -1037,8 +1038,9 @@ class MailboxChangeTests(ConformanceCase):
         self.assertRegex(done, rb"\At3 OK \[APPENDUID [0-9]+ 2\] ")
         _u, done = c.cmd_literal(b'APPEND INBOX " 5-Jul-2023 14:03:09 +0200"', data)
         c.cmd("SELECT INBOX")
-        line = sorted_flags(self.fetch1(c, "UID FETCH %s (FLAGS INTERNALDATE RFC822.SIZE "
-                                           "BODY.PEEK[])" % m.group(2).decode()))
+        uid = m.group(2).decode()
+        line = sorted_flags(self.fetch1(c, f"UID FETCH {uid} (FLAGS INTERNALDATE RFC822.SIZE "
+                                           "BODY.PEEK[])"))
         items = fetch_items(line)
         self.assertEqual(items[b"FLAGS"], [b"$Tag", b"\\Recent", b"\\Seen"])
         # the same instant (the zone the server answers in is its choice)
