@@ -18,11 +18,16 @@ the figures are medians.  Messages/s and MB/s count what the clients
 received (MB = 10^6 octets, the CRLF-encoded, dot-stuffed octets on the wire).
 
     .venv/bin/python bench/pop3_bench.py [--clients 10] [--messages 200] [--rounds 5]
-                                         [--workers 2]
+                                         [--workers N] [--quick]
 
-``--workers N`` also measures our server as N processes sharing the listener
-(``twistd indimail --workers N``), the fair match for Dovecot's one process
-per connection on a machine with several CPUs.
+Our server is measured twice: as one process, and as N processes sharing the
+listener (``twistd indimail --workers N``, N = ``--workers``, by default the
+number of CPUs).  One Python process uses at most one CPU for its protocol
+work (the interpreter lock), while Dovecot runs one pop3 process per
+connection and uses them all; ``--workers`` equal to the CPU count is the
+configuration to compare with it on a machine with several CPUs.
+``--workers 1`` measures the single process only.  ``--quick`` is a smoke
+run (50 messages per client, 3 rounds).
 
 Runs as root (Dovecot serves the Maildirs as the ``vmail`` user, which
 dovecot_setup.grant() sets up).  Prints the figures; does not write
@@ -283,10 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--messages", type=int, default=200, help="per client")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per server")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="also measure ours with --workers N (N > 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="also measure ours with --workers N (default: the CPU count; "
+                             "1: the single process only)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 50 messages per client, 3 rounds")
     parser.add_argument("--base", default=None, help="work directory (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.messages, args.rounds = min(args.messages, 50), min(args.rounds, 3)
 
     base = args.base or tempfile.mkdtemp(prefix="pop3-bench-", dir="/var/tmp")
     os.chmod(base, 0o755)
