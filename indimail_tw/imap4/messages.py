@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from indimail_tw.imap4 import fetch, search, wire
+from indimail_tw.imap4 import fetch, grammar, search, wire
 from indimail_tw.imap4.selected import BadSequence, uid_set
 
 log = Logger()
@@ -45,6 +45,32 @@ def _has_modseq(key: Any) -> bool:
     if isinstance(key, Not):
         return _has_modseq(key.key)
     return False
+
+
+_INDEX_KEYS = (grammar.All, grammar.FlagKey, grammar.RecentKey, grammar.SeqKey,
+               grammar.ModSeqKey)
+
+
+def _index_only(key: Any) -> bool:
+    """Whether the key tree needs nothing but flags, numbers, \\Recent and modseq."""
+    if isinstance(key, grammar.And):
+        return all(_index_only(k) for k in key.keys)
+    if isinstance(key, grammar.Or):
+        return _index_only(key.left) and _index_only(key.right)
+    if isinstance(key, grammar.Not):
+        return _index_only(key.key)
+    return isinstance(key, _INDEX_KEYS)
+
+
+class IndexedMessage:
+    """What SEARCH needs of a message when its keys are all index data."""
+
+    __slots__ = ("seq", "uid", "flags", "recent", "modseq", "largest_seq", "largest_uid")
+
+    def __init__(self, seq: int, uid: int, flags: frozenset, recent: bool, modseq: int,
+                 largest_seq: int, largest_uid: int) -> None:
+        self.seq, self.uid, self.flags, self.recent = seq, uid, flags, recent
+        self.modseq, self.largest_seq, self.largest_uid = modseq, largest_seq, largest_uid
 
 
 class MessageCommands:
@@ -156,11 +182,25 @@ class MessageCommands:
         if uses_modseq:
             self.enabled.add("CONDSTORE")
         index = sel.index
-        records = index.records()
         gone = sel.gone
         largest_seq, largest_uid = sel.exists, sel.largest_uid()
         recent = sel.recent
         rev2 = self.rev2
+        saved = self.searchres or set()
+        if _index_only(args.key):
+            # flags, \Recent, numbers and modseq are in the index's arrays: no record
+            # per message (big folders, RFC 9051 SEARCH of flags is the common case)
+            found = []
+            for seq, uid in enumerate(sel.uids, 1):
+                if uid in gone:
+                    continue
+                msg = IndexedMessage(seq, uid, index.flags(uid) or frozenset(),
+                                     uid in recent and not rev2, index.modseq(uid) or 0,
+                                     largest_seq, largest_uid)
+                if search.matches(args.key, msg, saved):
+                    found.append((seq, uid, msg.modseq))
+            return self._search_reply(found, tag, args, uses_modseq)
+        records = index.records()
         entries = []
         for rec in records:
             if rec.uid in gone:
@@ -168,7 +208,6 @@ class MessageCommands:
             seq = sel.seq_of(rec.uid)
             if seq:
                 entries.append((seq, rec))
-        saved = self.searchres or set()
 
         def evaluate(may_read: bool) -> list[tuple[int, int, int]]:
             out = []

@@ -117,6 +117,21 @@ def test_search_reading_many_files_runs_in_a_thread(h):
     assert h.session.runs == before
 
 
+def test_search_of_index_data_builds_no_records(h, monkeypatch):
+    # flags, numbers, \Recent, modseq: answered from the index arrays (big folders)
+    filled(h, 5)
+    h.command("a STORE 2,4 +FLAGS.SILENT (\\Seen)")
+    index = h.session.selected.index
+
+    def no_records(*_a):
+        raise AssertionError("records() called")
+    monkeypatch.setattr(index, "records", no_records)
+    assert text(h.command("a SEARCH OR SEEN 5 NOT (RECENT 1:3)")) == (
+        "* SEARCH 4 5\r\na OK Search completed\r\n")      # all five are \\Recent
+    assert text(h.command("a UID SEARCH UID 2:* UNSEEN MODSEQ 1")) == (
+        "* SEARCH 3 5\r\na OK Search completed\r\n")
+
+
 def test_esearch_return_options(h):
     filled(h, 5)
     h.command("a STORE 2:4 +FLAGS.SILENT (\\Flagged)")
