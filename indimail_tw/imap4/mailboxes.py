@@ -184,12 +184,13 @@ class MailboxCommands:
         reference = args.reference or ""
         folders, utf8 = self.folders, self.utf8
         append_limit = folders.append_limit or None
+        extended = bool(selection or returns or self.rev2)
         if "HIGHESTMODSEQ" in status_items:
             self.enabled.add("CONDSTORE")
 
         def listing() -> list[bytes]:
             return list_lines(folders, reference, patterns, selection, returns, status_items,
-                              utf8, append_limit)
+                              utf8, append_limit, nonexistent=extended)
 
         def done(lines: list[bytes]) -> list[bytes]:
             return [*lines, wire.tagged(tag, "OK", "LIST completed")]
@@ -302,7 +303,11 @@ def _order(name: str) -> tuple[int, str]:
 
 def list_lines(folders: mf.MailFolders, reference: str, patterns: list[str], selection: set,
                returns: set, status_items: tuple, utf8: bool,
-               append_limit: int | None) -> list[bytes]:
+               append_limit: int | None, nonexistent: bool = False) -> list[bytes]:
+    """LIST responses.  A name that exists only as the parent of others (Maildir++ has
+    no directory for it) is ``\\NonExistent`` when ``nonexistent`` (extended LIST or
+    IMAP4rev2: RFC 5258 3 and RFC 9051 7.3.1 ask for it to be computed accurately),
+    else ``\\Noselect`` (RFC 3501 has no \\NonExistent)."""
     tree = {info.name: info for info in folders.tree()}
     subscribed_sel = "SUBSCRIBED" in selection
     want_subscribed = subscribed_sel or "SUBSCRIBED" in returns
@@ -346,7 +351,7 @@ def list_lines(folders: mf.MailFolders, reference: str, patterns: list[str], sel
             attrs.append("\\NonExistent")
         else:
             if not info.exists:
-                attrs.append("\\Noselect")
+                attrs.append("\\NonExistent" if nonexistent else "\\Noselect")
             attrs.append("\\HasChildren" if info.has_children else "\\HasNoChildren")
             if info.exists:
                 attrs.extend(info.special)
