@@ -16,6 +16,17 @@ from collections.abc import Iterable
 import contextlib
 
 _counter = 0
+_host: tuple[int, str] | None = None     # (pid, host name as used in unique names)
+
+
+def _unique_host() -> tuple[int, str]:
+    """This process's id and the host name, looked up once per process (as qmail does)."""
+    global _host
+    pid = os.getpid()
+    if _host is None or _host[0] != pid:
+        name = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+        _host = (pid, name)
+    return _host
 
 
 def unique_name() -> str:
@@ -25,8 +36,8 @@ def unique_name() -> str:
     now = time.time()
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{sec}.M{usec}P{os.getpid()}Q{_counter}.{host}"
+    pid, host = _unique_host()
+    return f"{sec}.M{usec}P{pid}Q{_counter}.{host}"
 
 
 def fsync_dir(path: str) -> None:
@@ -182,8 +193,24 @@ def link_into(tmp_path: str, final_path: str) -> None:
     supported (EXDEV, EPERM, ENOTSUP) the file is renamed instead, after
     checking that the target does not exist.
     """
+    linked = link_unsynced(tmp_path, final_path)
+    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+    if linked:
+        _unlink_quietly(tmp_path)
+
+
+def link_unsynced(tmp_path: str, final_path: str) -> bool:
+    """The first step of :func:`link_into` for a batch: give the written, fsynced file
+    ``tmp_path`` the name ``final_path`` (a hard link, or a rename where links are
+    not supported) and return whether ``tmp_path`` still exists.
+
+    The new name is durable only after its directory is fsynced, and ``tmp_path``
+    must stay until then (the caller fsyncs each directory once for the batch and
+    then removes the temporary names: :func:`finish_links`).
+    """
     try:
         os.link(tmp_path, final_path)
+        return True
     except FileExistsError:
         raise
     except OSError as e:
@@ -192,10 +219,15 @@ def link_into(tmp_path: str, final_path: str) -> None:
         if os.path.lexists(final_path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), final_path) from e
         os.rename(tmp_path, final_path)
-        fsync_dir(os.path.dirname(os.path.abspath(final_path)))
-        return
-    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
-    _unlink_quietly(tmp_path)
+        return False
+
+
+def finish_links(directories: Iterable[str], tmp_paths: Iterable[str]) -> None:
+    """After :func:`link_unsynced` calls: fsync each directory once, then remove the
+    temporary names (only then: until the new names are durable they hold the data)."""
+    fsync_dirs(directories)
+    for path in tmp_paths:
+        _unlink_quietly(path)
 
 
 def append_locked(path: str, chunks: Iterable[bytes], lock_timeout: float = 30.0,

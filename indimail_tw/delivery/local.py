@@ -22,7 +22,11 @@ same envelope sender.  The usual case costs one trip to a thread: one job
 reads the message header, the domain's files, the user and alias rows (on the
 thread's own database connection) and the user's ``.qmail``, and when all that
 says "the user's Maildir", delivers there too (:meth:`LocalDeliveryAgent._look`).
-Everything else continues on the reactor with what that job found.
+Everything else continues on the reactor with what that job found.  Lookup
+jobs requested while one runs go together into the next trip to the thread
+(:class:`~indimail_tw.queue.batch.CallBatcher`), and the Maildir deliveries of
+one trip share their directory fsyncs (:func:`~indimail_tw.maildir.deliver.shared_syncs`):
+under load a commit batch of the queue becomes one delivery batch.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from indimail_tw.delivery.steps import (
 )
 from indimail_tw.errors import StoreError
 from indimail_tw.interfaces import IDeliveryAgent
+from indimail_tw.maildir.deliver import shared_syncs
+from indimail_tw.queue.batch import CallBatcher
 from indimail_tw.queue.envelope import Envelope, Recipient
 from indimail_tw.storage.users import User
 
@@ -136,6 +142,7 @@ class LocalDeliveryAgent:
             "PATH": os.environ.get("PATH", "/bin:/usr/bin:/usr/local/bin")}
         self._clock = clock
         self._pool = pool
+        self._lookups: CallBatcher | None = None
 
     @property
     def reactor(self) -> Any:
@@ -149,10 +156,17 @@ class LocalDeliveryAgent:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kw)
 
     def _job(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-        """The lookup job: in ``pool`` when given (it never waits on locks)."""
-        if self._pool is None:
-            return self._thread(fn, *args)
-        return threads.deferToThreadPool(self.reactor, self._pool, fn, *args)
+        """The lookup job: in ``pool`` when given (it never waits on locks), batched
+        with the others requested meanwhile (see the module docstring)."""
+        if self._lookups is None:
+            reactor, pool = self.reactor, self._pool
+
+            def run(f: Callable[..., Any], *a: Any) -> defer.Deferred:
+                return threads.deferToThreadPool(
+                    reactor, pool if pool is not None else reactor.getThreadPool(), f, *a)
+
+            self._lookups = CallBatcher(run, around=shared_syncs)
+        return self._lookups(fn, *args)
 
     # -- entry points -----------------------------------------------------------------
 
@@ -309,7 +323,8 @@ class LocalDeliveryAgent:
         facts.delivered = deliver_to_maildir(
             user.maildir, job.message.path, job.header, quota=user_quota(user),
             label=f"{user.name}@{job.real_domain}", policy=job.opts.quota, home=user.dir,
-            folder=job.opts.maildirfolder, message_size=facts.pre.size)
+            folder=job.opts.maildirfolder, message_size=facts.pre.size,
+            message_data=facts.pre.data)
         return facts
 
     def _domain_info(self, domain: str, ext: str | None) -> _DomainInfo:

@@ -83,10 +83,12 @@ _COMPLETE_MAX = 100_000
 def deliver_to_maildir(maildir: str, message_path: str, header: bytes, *,
                        quota: mq.Quota | None | str, label: str, policy: QuotaPolicy,
                        home: str | None = None, folder: str | None = None,
-                       message_size: int | None = None) -> MailboxOutcome:
+                       message_size: int | None = None,
+                       message_data: bytes | None = None) -> MailboxOutcome:
     """Check the quota of ``maildir`` and deliver into it (or its ``folder``).
 
-    ``message_size`` is the size of the message file, when the caller knows it.
+    ``message_size`` is the size of the message file, when the caller knows it;
+    ``message_data`` its whole content, when the caller has read it already.
     """
     root = maildir.rstrip("/") or "/"
     key = f"{root}\0{folder or ''}"
@@ -117,13 +119,13 @@ def deliver_to_maildir(maildir: str, message_path: str, header: bytes, *,
                 if already_over and usage is not None:
                     mark = usage.bytes
         try:
-            delivered = deliver(target, message_path, header)
+            delivered = deliver(target, message_path, header, message_data)
         except (MaildirDeliveryError, OSError):
             _complete.discard(key)
             if not known:
                 raise
             target = prepare(root, folder)          # as IndiMail does every time
-            delivered = deliver(target, message_path, header)
+            delivered = deliver(target, message_path, header, message_data)
         if not known:
             if len(_complete) >= _COMPLETE_MAX:
                 _complete.clear()

@@ -37,6 +37,15 @@ def read_header(path: str, limit: int = MAX_HEADER_SCAN) -> HeaderScan:
 def read_message_header(path: str, limit: int = MAX_HEADER_SCAN) -> tuple[int, HeaderScan]:
     """The size of the message file at ``path`` and its header block (one open;
     reading stops at the end of the header)."""
+    size, scan, _ = read_message_start(path, limit)
+    return size, scan
+
+
+def read_message_start(path: str, limit: int = MAX_HEADER_SCAN
+                       ) -> tuple[int, HeaderScan, bytes | None]:
+    """:func:`read_message_header`, and the whole content of the file when the reads
+    up to the end of the header took all of it (small messages: one read), else None,
+    so that a delivery need not open and read the file again."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -46,11 +55,11 @@ def read_message_header(path: str, limit: int = MAX_HEADER_SCAN) -> tuple[int, H
             if not chunk:
                 break
             data += chunk
-            if data.find(b"\n\n", max(0, len(data) - len(chunk) - 1)) >= 0:
+            if len(data) >= size or data.find(b"\n\n", max(0, len(data) - len(chunk) - 1)) >= 0:
                 break
     finally:
         os.close(fd)
-    return size, scan_header(data)
+    return size, scan_header(data), data if len(data) == size else None
 
 
 def scan_header(data: bytes) -> HeaderScan:

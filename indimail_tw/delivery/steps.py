@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from indimail_tw.auth.flags import Flags
 from indimail_tw.delivery.mailbox import QuotaPolicy
-from indimail_tw.delivery.message import HeaderScan, dtline_address, read_message_header
+from indimail_tw.delivery.message import HeaderScan, dtline_address, read_message_start
 from indimail_tw.maildir import quota as mq
 from indimail_tw.queue.envelope import Recipient
 from indimail_tw.storage.engine import Txn
@@ -99,6 +99,7 @@ class Precheck:
     scan: HeaderScan
     max_delivered_to: int
     blackholed: bool
+    data: bytes | None = None   # the whole message file, when reading the header took it all
 
 
 def split_address(address: str, default_domain: str = "") -> tuple[str, str]:
@@ -132,8 +133,9 @@ def qmail_address(settings: Any, local: str, domain: str) -> str:
 
 
 def precheck(path: str, sender: str, settings: Any) -> Precheck:
-    size, scan = read_message_header(path)
-    return Precheck(size, scan, _max_delivered_to(settings), _blackholed(settings, sender))
+    size, scan, data = read_message_start(path)
+    return Precheck(size, scan, _max_delivered_to(settings), _blackholed(settings, sender),
+                    data)
 
 
 def _max_delivered_to(settings: Any) -> int:

@@ -7,15 +7,22 @@ syncing and linking).  A failure at any step removes the partial file in
 ``tmp/``; a crash leaves at most a stray file in ``tmp/`` that Maildir
 cleaners remove, never a partial message in ``new/``.
 
+Several deliveries made in one thread job can share the directory fsyncs
+(:func:`shared_syncs`): each message is still written and fsynced on its
+own, but ``new/`` of each Maildir is fsynced once when the job ends, and
+every delivery is reported done only after that.
+
 Every function blocks on disk I/O: the server calls them in a thread, never
 on the reactor thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -77,16 +84,54 @@ def prepare(maildir: str, folder: str | None = None) -> str:
     return target
 
 
-def _message_chunks(header: bytes, message_path: str) -> Iterator[bytes]:
+class _Links:
+    """The ``new/`` directories and ``tmp/`` names of the deliveries of one batch."""
+
+    def __init__(self) -> None:
+        self.directories: dict[str, None] = {}
+        self.tmp_paths: list[str] = []
+
+
+_batch = threading.local()
+
+
+@contextlib.contextmanager
+def shared_syncs() -> Iterator[None]:
+    """Deliveries made in this thread inside the block share their directory fsyncs.
+
+    On leaving the block each ``new/`` written into is fsynced once and the
+    ``tmp/`` names are removed; the caller reports the deliveries done only
+    after that (if it raises, none of them may be reported done: a delivery
+    whose directory was not fsynced is repeated, never lost).
+    """
+    if getattr(_batch, "links", None) is not None:      # nested: the outer block syncs
+        yield
+        return
+    links = _batch.links = _Links()
+    try:
+        yield
+    finally:
+        _batch.links = None
+    fsutil.finish_links(links.directories, links.tmp_paths)
+
+
+def _message_chunks(header: bytes, message_path: str,
+                    data: bytes | None = None) -> Iterator[bytes]:
     if header:
         yield header
+    if data is not None:
+        yield data
+        return
     with open(message_path, "rb") as f:
         while chunk := f.read(CHUNK):
             yield chunk
 
 
-def deliver(maildir: str, message_path: str, header: bytes = b"") -> Delivered:
+def deliver(maildir: str, message_path: str, header: bytes = b"",
+            data: bytes | None = None) -> Delivered:
     """Write ``header`` + the message file into ``maildir``; return where and how big.
+
+    ``data``, when given, is the whole content of the message file (already read).
 
     Raises :class:`MaildirDeliveryError` (always temporary: a full disk, a
     disk quota, a missing or sticky directory are all worth a retry).
@@ -105,7 +150,7 @@ def deliver(maildir: str, message_path: str, header: bytes = b"") -> Delivered:
         for _ in range(_NAME_ATTEMPTS):
             tmp = os.path.join(tmp_dir, fsutil.unique_name())
             try:
-                size = fsutil.write_new_file(tmp, _message_chunks(header, message_path))
+                size = fsutil.write_new_file(tmp, _message_chunks(header, message_path, data))
                 break
             except FileExistsError:
                 tmp = ""
@@ -117,7 +162,13 @@ def deliver(maildir: str, message_path: str, header: bytes = b"") -> Delivered:
             name = f"{base},S={size}" if attempt == 0 else f"{fsutil.unique_name()},S={size}"
             final = os.path.join(new_dir, name)
             try:
-                fsutil.link_into(tmp, final)
+                links = getattr(_batch, "links", None)
+                if links is None:
+                    fsutil.link_into(tmp, final)
+                else:
+                    if fsutil.link_unsynced(tmp, final):
+                        links.tmp_paths.append(tmp)
+                    links.directories[new_dir] = None
                 tmp = ""
                 return Delivered(final, size)
             except FileExistsError:

@@ -111,3 +111,51 @@ class Batcher(Generic[T]):
             else:
                 d.callback(outcome)
         self._next()
+
+
+class CallBatcher:
+    """A runner (``run(f, *args) -> Deferred``) that groups blocking calls: the calls
+    made while a job is running wait, and the next job runs all of them, one after
+    the other, in one trip to a thread.
+
+    A trip to a thread costs two wake-ups and a hand-over of the interpreter lock
+    each way; under load a job takes every call that was made meanwhile, so that
+    cost is paid once per batch instead of once per call.  ``around`` (optional)
+    is a context manager factory entered in the thread around each batch: what it
+    does on exit (e.g. fsync the directories the batch wrote into) happens before
+    any result is reported; if it raises, every call of the batch fails.  An
+    exception raised by one call fails that call only.
+    """
+
+    def __init__(self, run: Runner, parallel: int = 1,
+                 around: Callable[[], Any] | None = None) -> None:
+        self._around = around
+        self._batcher: Batcher[tuple[Callable[..., Any], tuple[Any, ...]]] = Batcher(
+            run, self._process, parallel=parallel)
+
+    @property
+    def batches(self) -> int:
+        return self._batcher.batches
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return self._batcher.submit((f, args))
+
+    def idle(self) -> defer.Deferred:
+        return self._batcher.idle()
+
+    def _process(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]
+                 ) -> list[Any]:
+        if self._around is None:
+            return _call_each(calls)
+        with self._around():
+            return _call_each(calls)
+
+
+def _call_each(calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    results: list[Any] = []
+    for f, args in calls:
+        try:
+            results.append(f(*args))
+        except Exception:  # noqa: BLE001 -- this call's error, not the batch's
+            results.append(Failure())
+    return results

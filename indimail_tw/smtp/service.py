@@ -91,16 +91,29 @@ def reverse_dns(ip: str, timeout: float = 5.0) -> defer.Deferred:
 
 
 def _io_runner(context: Any) -> Callable[..., defer.Deferred] | None:
-    """Blocking calls in the server's I/O pool (``context.io_pool``), if it has one."""
+    """Blocking calls in the server's I/O pool (``context.io_pool``), if it has one.
+
+    The calls (the recipient check's lookups) are batched: those made while a job
+    runs go together into the next one, so under load many RCPTs cost one trip to
+    a thread.  One runner per server process, shared by its listeners.
+    """
     pool = getattr(context, "io_pool", None)
     if pool is None:
         return None
+    runner = context.extras.get("smtp.io_runner") if hasattr(context, "extras") else None
+    if runner is not None:
+        return runner
     from twisted.internet import threads
+
+    from indimail_tw.queue.batch import CallBatcher
 
     reactor = context.reactor
     if reactor is None:
         from twisted.internet import reactor
-    return lambda fn, *args: threads.deferToThreadPool(reactor, pool, fn, *args)
+    runner = CallBatcher(lambda fn, *args: threads.deferToThreadPool(reactor, pool, fn, *args))
+    if hasattr(context, "extras"):
+        context.extras["smtp.io_runner"] = runner
+    return runner
 
 
 class SMTPFactory(protocol.Factory):

@@ -211,3 +211,43 @@ def test_append_locked_gives_up_on_a_held_lock(tmp_path):
         with pytest.raises(TimeoutError):
             fsutil.append_locked(path, [b"x\n"], lock_timeout=0)
     assert os.path.getsize(path) == 0
+
+
+def test_shared_syncs_fsync_each_new_directory_once_then_remove_tmp(tmp_path, message,
+                                                                     monkeypatch):
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    boxes = [str(tmp_path / name / "Maildir") for name in ("a", "b")]
+    for box in boxes:
+        make_maildir(box)
+    events = []
+    real_fsync_dir, real_unlink = fsutil.fsync_dir, os.unlink
+    monkeypatch.setattr(fsutil, "fsync_dir", lambda path: (
+        events.append(("fsync_dir", path)), real_fsync_dir(path)))
+    monkeypatch.setattr(os, "unlink", lambda path: (
+        events.append(("unlink", os.path.basename(os.path.dirname(path)))), real_unlink(path)))
+    with shared_syncs():
+        for box in boxes + boxes:
+            deliver(box, message, HEADER, MESSAGE)
+        assert events == []                  # nothing synced or removed inside the block
+        assert [len(listing(box, "tmp")) for box in boxes] == [2, 2]
+    assert events[:2] == [("fsync_dir", os.path.join(box, "new")) for box in boxes]
+    assert events[2:] == [("unlink", "tmp")] * 4
+    for box in boxes:
+        assert listing(box, "tmp") == [] and len(listing(box, "new")) == 2
+        for name in listing(box, "new"):
+            with open(os.path.join(box, "new", name), "rb") as f:
+                assert f.read() == HEADER + MESSAGE
+
+
+def test_shared_syncs_failure_keeps_the_tmp_names(maildir, message, monkeypatch):
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    def broken(path):
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError):
+        with shared_syncs():
+            deliver(maildir, message)
+            monkeypatch.setattr(fsutil, "fsync_dir", broken)
+    assert len(listing(maildir, "tmp")) == 1     # the data stays until new/ is durable

@@ -71,3 +71,32 @@ def test_idle_waits_for_every_running_batch():
     assert not idle.called
     run.step()
     assert idle.called
+
+
+def test_call_batcher_runs_the_calls_made_meanwhile_in_one_job():
+    from contextlib import contextmanager
+
+    from indimail_tw.queue.batch import CallBatcher
+
+    around = []
+
+    @contextmanager
+    def wrap():
+        around.append("enter")
+        yield
+        around.append("exit")
+
+    def boom():
+        raise ValueError("bad")
+
+    run = ManualRunner()
+    calls = CallBatcher(run, around=wrap)
+    first = calls(lambda x: x * 2, 1)
+    rest = [calls(lambda x: x + 1, 5), calls(boom), calls(str, 7)]
+    assert len(run.jobs) == 1                    # the others wait for the next job
+    run.step()
+    assert result_of(first) == 2 and not rest[0].called
+    run.step()
+    assert result_of(rest[0]) == 6 and result_of(rest[2]) == "7"
+    rest[1].addErrback(lambda f: f.trap(ValueError))   # only that call failed
+    assert calls.batches == 2 and around == ["enter", "exit"] * 2 and not run.jobs
