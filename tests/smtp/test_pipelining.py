@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from twisted.internet import task
 
 from indimail_tw.smtp import protocol as smtp_protocol
 from tests.smtp.support import Conn, Site, ehlo, make_factory
@@ -26,15 +27,42 @@ def test_replies_in_order_with_delayed_lookups(site):
     conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\n"
               "RCPT TO:<nobody@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
               "Subject: x\r\n\r\nhi\r\n.\r\nNOOP\r\n")
-    assert conn.codes() == [250]               # MAIL; the first lookup is pending
+    # MAIL's reply is held while the first lookup is pending (more input is buffered)
+    assert conn.codes() == []
     # only one lookup is in flight at a time, and nothing overtakes it
     while site.store.delay:
         d = site.store.delay.pop(0)
         d.callback(None)
-    assert conn.codes() == [250, 550, 250, 354, 250, 250]
+    assert conn.codes() == [250, 250, 550, 250, 354, 250, 250]
     env, data = site.queue.messages[0]
     assert [r.address for r in env.recipients] == ["alice@example.com", "bob@example.com"]
     assert data.endswith(b"Subject: x\n\nhi\n")
+
+
+def test_held_replies_leave_after_the_hold_limit(site):
+    from indimail_tw.smtp.protocol import HOLD_LIMIT
+    clock = task.Clock()
+    conn = Conn(make_factory(site, clock=clock))
+    ehlo(conn)
+    site.store.delay = []
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\nNOOP\r\n")
+    assert conn.codes() == []                  # MAIL's reply waits for RCPT's ...
+    clock.advance(HOLD_LIMIT)
+    assert conn.codes() == [250]               # ... but not for long
+    site.store.delay.pop(0).callback(None)
+    assert conn.codes() == [250, 250]
+
+
+def test_replies_to_one_pipelined_group_leave_in_one_write(site):
+    conn = Conn(make_factory(site))
+    ehlo(conn)
+    site.store.delay = []
+    writes = []
+    write = conn.transport.write
+    conn.transport.write = lambda data: (writes.append(data), write(data))
+    conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
+    site.store.delay.pop(0).callback(None)
+    assert len(writes) == 1 and conn.codes() == [250, 250, 354]
 
 
 def test_lookups_answered_out_of_order_still_reply_in_order(site):
@@ -46,9 +74,9 @@ def test_lookups_answered_out_of_order_still_reply_in_order(site):
     first = site.store.delay.pop(0)
     assert site.store.delay == []              # the second RCPT waits for the first
     first.callback(None)
-    assert conn.codes() == [250, 250]
+    assert conn.codes() == []                  # held: the second RCPT is still pending
     site.store.delay.pop(0).callback(None)
-    assert conn.codes() == [250, 250]
+    assert conn.codes() == [250, 250, 250, 250]
 
 
 def test_delayed_login_keeps_order(site):
