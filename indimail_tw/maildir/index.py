@@ -27,8 +27,16 @@ How it works
   so a file some other process already numbered keeps that number.  Every
   committed change takes the next modseq (one per transaction).
 * A scan is skipped when ``new/`` and ``cur/`` still have the mtimes stored by
-  the last scan; a directory whose mtime was within 2 s of the scan is stored
-  as "unknown" (-1), so a change in the same mtime tick is never missed.
+  the last scan; a directory whose mtime was too close to the scan (2 s for
+  coarse timestamps, 100 ms for nanosecond ones) is stored as "unknown" (-1),
+  so a change in the same mtime tick is never missed.  Inside that window an
+  object that knows which names the rows describe (its last scan plus its own
+  renames, appends and expunges, while no other connection committed) only
+  lists the directories and compares names.
+* New files are not read: the rfc822 size (CRLF line ends) comes from ``,W=``
+  in the name (Dovecot's convention; our APPEND, COPY and delivery write it),
+  else it is stored as -1 and computed on first need (a MessageRecord, STATUS
+  SIZE), then remembered.
 * Each :class:`FolderIndex` object keeps its own *view* (what its session has
   been told): uids, flags and modseqs in three compact arrays, about 16 bytes
   a message.  :meth:`FolderIndex.sync` scans if needed, then reads the rows
@@ -54,6 +62,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import fcntl
 import os
 import sqlite3
@@ -75,8 +84,12 @@ SCHEMA_VERSION = 1
 #: Seconds a process waits for another one's index transaction (a first scan of a
 #: large folder holds the lock while it reads every new file).
 BUSY_TIMEOUT = 60.0
-#: A directory mtime this close to "now" may hide a change in the same tick.
+#: A directory mtime this close to "now" may hide a change in the same tick:
+#: 2 s where timestamps look coarse (whole milliseconds or seconds: FAT, old
+#: ext3, some network filesystems), else a bound on the kernel's coarse clock
+#: tick (1-10 ms) with a wide margin.
 _RECENT_NS = 2_000_000_000
+_RECENT_FINE_NS = 100_000_000
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 #: At least this many unnumbered files: read them before taking the index lock.
 _PREMEASURE = 500
@@ -221,24 +234,37 @@ def rfc822_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
+def file_rfc822_size(path: str) -> int:
+    """:func:`rfc822_size` of a file, read in chunks.  Raises FileNotFoundError."""
+    extra = total = 0
+    last = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(262144):
+            total += len(chunk)
+            extra += chunk.count(b"\n") - chunk.count(b"\r\n")
+            if last == b"\r" and chunk[:1] == b"\n":
+                extra -= 1
+            last = chunk[-1:]
+    return total + extra
+
+
 def _measure_file(path: str, key: str) -> tuple[int, int, int] | None:
-    """(size, rfc822 size, mtime_ns) of a new file, None if it vanished meanwhile."""
+    """(size, rfc822 size, mtime_ns) of a new file, None if it vanished meanwhile.
+    The file is not read: the rfc822 size comes from ``,W=`` in the name, else it
+    is -1 (unknown) and computed when first needed (see ``_fill_sizes``)."""
     size, vsize = _name_fields(key)
     try:
         st = os.stat(path)
-        if vsize is None:
-            extra = 0
-            last = b""
-            with open(path, "rb") as f:
-                while chunk := f.read(262144):
-                    extra += chunk.count(b"\n") - chunk.count(b"\r\n")
-                    if last == b"\r" and chunk[:1] == b"\n":
-                        extra -= 1
-                    last = chunk[-1:]
-            vsize = st.st_size + extra
     except FileNotFoundError:
         return None
-    return (st.st_size if size is None else size), vsize, st.st_mtime_ns
+    return (st.st_size if size is None else size), (-1 if vsize is None else vsize), \
+        st.st_mtime_ns
+
+
+def _settled(mtime_ns: int, now_ns: int) -> bool:
+    """Is a directory mtime old enough that a later change must change it?"""
+    window = _RECENT_NS if mtime_ns % 1_000_000 == 0 else _RECENT_FINE_NS
+    return now_ns - mtime_ns >= window
 
 
 def _dir_mtimes(folder: str) -> tuple[int, int]:
@@ -300,6 +326,13 @@ class FolderIndex:
         self._conn: sqlite3.Connection | None = None
         self._db_id: tuple[int, int] | None = None
         self._sync_mode = ""
+        #: The names in new/ and cur/ the database describes, as this object last
+        #: listed or changed them, valid while no other connection commits
+        #: (``PRAGMA data_version`` still ``_known_version``): a rescan inside the
+        #: mtime window then needs only a listing, not the rows.
+        self._known: tuple[set[str], set[str]] | None = None
+        self._known_version = -1
+        self._dirty = False                  # this object committed rows its view lacks
         self._reset_view()
 
     def _reset_view(self) -> None:
@@ -359,6 +392,7 @@ class FolderIndex:
                                check_same_thread=False)
         self._conn = conn
         self._sync_mode = ""
+        self._known = None
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         try:
             version = conn.execute("SELECT version FROM meta").fetchone()
@@ -454,6 +488,7 @@ class FolderIndex:
         try:
             yield conn
         except BaseException:
+            self._known = None                  # files may have moved, rows not
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
@@ -466,15 +501,23 @@ class FolderIndex:
 
     # -- scanning the directory --------------------------------------------------------
 
-    def _scan_if_needed(self, force: bool = False) -> None:
+    def _scan_if_needed(self, force: bool = False) -> tuple[int, int]:
         """Scan when new/ or cur/ changed since the last scan of any process."""
         mtimes = _dir_mtimes(self.path)
         meta = self._meta()
         if not force and (meta[4], meta[5]) == mtimes:
-            return
+            return mtimes
+        if not force and self._known is not None and self._version() == self._known_version:
+            now = time.time_ns()
+            # Inside the mtime window: nobody else committed since we last matched
+            # the rows with the names, so equal names mean no change.
+            if (not (_settled(mtimes[0], now) and _settled(mtimes[1], now))
+                    and self._listing() == self._known):
+                return mtimes
         measured = self._measure_unlocked(meta[1])
         with self._transaction(durable=True):
             self._scan_locked(force, measured)
+        return mtimes
 
     def _measure_unlocked(self, uidnext: int) -> dict[str, tuple[int, int, int]]:
         """Before a scan that will meet many new files (the first index of a folder, a
@@ -511,6 +554,7 @@ class FolderIndex:
         if modseq is None:
             modseq = highest + 1
         new_names, cur_names = self._listing()
+        known = (set(new_names), set(cur_names))
         moved: dict[str, tuple] = {}            # key -> row, file not where the row says
         for row in conn.execute("SELECT uid, key, dir, info FROM messages"):
             names = cur_names if row[2] == "cur" else new_names
@@ -524,6 +568,7 @@ class FolderIndex:
         if moved and any(key not in found for key in moved):
             # A rename (flag change by another process) may hide a file from one
             # listing; look again before declaring anything vanished.
+            known = None
             again_new, again_cur = self._listing()
             for key, where in self._by_key(again_new, again_cur).items():
                 if key in moved:
@@ -537,6 +582,8 @@ class FolderIndex:
                 size = _measure_file(os.path.join(self.path, sub, key + info), key)
             if size is not None:
                 fresh.append((size[2], key, sub, info, size[0], size[1]))
+            else:
+                known = None                    # vanished since the listing
         del found
         if measured:
             measured.clear()                    # the caller's dict: free it now
@@ -563,11 +610,33 @@ class FolderIndex:
                 ((first + i, key, sub, info, size, vsize, mtime_ns / 1e9, modseq)
                  for i, (mtime_ns, key, sub, info, size, vsize) in enumerate(fresh)))
             del fresh
-        stored = tuple(m if now - m >= _RECENT_NS else -1 for m in mtimes)
+        stored = tuple(m if _settled(m, now) else -1 for m in mtimes)
         if changed or stored != (meta[4], meta[5]):   # no write, no fsync otherwise
             conn.execute("UPDATE meta SET uidnext = ?, highestmodseq = ?, new_mtime = ?,"
                          " cur_mtime = ?", (uidnext, highest, *stored))
+        if changed or moves:
+            self._dirty = True
+        self._known = known
+        self._known_version = self._version()
         return [row[0] for row in vanished]
+
+    def _version(self) -> int:
+        """SQLite's data_version: changes when another connection commits."""
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _known_move(self, old: tuple[str, str] | None, new: tuple[str, str] | None) -> None:
+        """This object renamed, created or removed a file (old/new: (sub, name))."""
+        known = self._known
+        if known is None:
+            return
+        if old is not None:
+            names = known[0] if old[0] == "new" else known[1]
+            if old[1] not in names:
+                self._known = None
+                return
+            names.discard(old[1])
+        if new is not None:
+            (known[0] if new[0] == "new" else known[1]).add(new[1])
 
     def _tombstone(self, uids: list[int], modseq: int) -> None:
         conn = self._conn
@@ -611,6 +680,7 @@ class FolderIndex:
         mtimes = _dir_mtimes(self.path)
         with self._transaction(write=False) as conn:
             meta = self._meta()
+            version = self._version()
             uids, fids, modseqs = self._uids, self._fids, self._modseqs
             fid_of: dict[tuple[str, str], int] = {}
             for uid, info, keywords, modseq in conn.execute(
@@ -624,7 +694,8 @@ class FolderIndex:
         self.uidvalidity, self.uidnext, self.highestmodseq = meta[0], meta[1], meta[2]
         self._seen = meta[2]
         self._mtimes = mtimes
-        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        self._data_version = version
+        self._dirty = False
 
     def _position(self, uid: int) -> int:
         """Index of ``uid`` in the view, or -1."""
@@ -671,8 +742,8 @@ class FolderIndex:
                 self.close()
                 self._connect()
                 return self._reset_changes()
-            self._scan_if_needed()
-            return self._refresh()
+            mtimes = self._scan_if_needed()
+            return self._refresh(mtimes)
         except sqlite3.DatabaseError as e:
             if not _is_corrupt(e):
                 raise
@@ -685,11 +756,16 @@ class FolderIndex:
         self._load_view()
         return Changes(self.records(), removed, [], uidvalidity_changed=True)
 
-    def _refresh(self) -> Changes:
+    def _refresh(self, mtimes: tuple[int, int] | None = None) -> Changes:
         changes = Changes()
-        mtimes = _dir_mtimes(self.path)
+        if mtimes is None:
+            mtimes = _dir_mtimes(self.path)
+        if not self._dirty and self._version() == self._data_version:
+            self._mtimes = mtimes               # nobody committed anything since
+            return changes
         with self._transaction(write=False) as conn:
             meta = self._meta()
+            version = self._version()           # of this read snapshot
             if meta[0] != self.uidvalidity:
                 changes = None
             elif meta[2] != self._seen:
@@ -700,12 +776,14 @@ class FolderIndex:
         if changes is None:
             return self._reset_changes()
         self._mtimes = mtimes
-        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        self._data_version = version
+        self._dirty = False
         if meta[2] == self._seen:
             return changes
         removed = sorted(uid for uid in gone if self._position(uid) >= 0)
         self._drop(removed)
         changes.removed = removed
+        rows = self._with_sizes(rows)
         for row in rows:
             uid, modseq = row[0], row[8]
             i = self._position(uid)
@@ -737,11 +815,14 @@ class FolderIndex:
             mtimes = _dir_mtimes(self.path)
         except FileNotFoundError:
             return True
-        if mtimes != self._mtimes or time.time_ns() - max(mtimes) < _RECENT_NS:
+        if mtimes != self._mtimes:
             return True
-        if self._db_replaced():
+        now = time.time_ns()
+        if not (_settled(mtimes[0], now) and _settled(mtimes[1], now)):
             return True
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._dirty or self._db_replaced():
+            return True
+        version = self._version()
         if version == self._data_version:
             return False
         meta = self._meta()
@@ -773,19 +854,32 @@ class FolderIndex:
         mark = self._conn.execute("SELECT recent_mark FROM meta").fetchone()[0]
         return len(self._uids) - bisect.bisect_left(self._uids, mark)
 
-    def status_counts(self) -> dict[str, int]:
+    def status_counts(self, size: bool = True) -> dict[str, int]:
         """STATUS MESSAGES, UNSEEN, DELETED and SIZE (sum of RFC822.SIZE) of the view,
-        without building a record for each message."""
+        without building a record for each message.  ``size`` False leaves SIZE out
+        (it may have to read messages whose rfc822 size is not known yet)."""
         seen = [("\\Seen" in f, "\\Deleted" in f) for f in self._fsets]
         unseen = deleted = 0
         for fid in self._fids:
             is_seen, is_deleted = seen[fid]
             unseen += not is_seen
             deleted += is_deleted
-        size = self._conn.execute("SELECT coalesce(sum(rfc822_size), 0) FROM messages"
-                                  " WHERE uid < ?", (self.uidnext,)).fetchone()[0]
-        return {"MESSAGES": len(self._uids), "UNSEEN": unseen, "DELETED": deleted,
-                "SIZE": size}
+        counts = {"MESSAGES": len(self._uids), "UNSEEN": unseen, "DELETED": deleted}
+        if size:
+            fills: list[tuple[int, int, str]] = []
+            with self._transaction(write=False) as conn:     # one snapshot for both
+                total = conn.execute(
+                    "SELECT coalesce(sum(rfc822_size), 0) FROM messages WHERE uid < ?"
+                    " AND rfc822_size >= 0", (self.uidnext,)).fetchone()[0]
+                unknown = conn.execute(
+                    "SELECT uid, key, dir, info, size FROM messages"
+                    " WHERE uid < ? AND rfc822_size < 0", (self.uidnext,)).fetchall()
+            for uid, key, sub, info, stored in unknown:
+                total += self._measure_size(f"{self.path}/{sub}/{key}{info}", stored, fills,
+                                            uid, key)
+            self._store_sizes(fills)
+            counts["SIZE"] = total
+        return counts
 
     def records(self, uids: Iterable[int] | None = None) -> list[MessageRecord]:
         """Every message, ascending uid (as of the last sync); ``uids`` limits
@@ -794,12 +888,13 @@ class FolderIndex:
         if uids is not None:
             wanted = sorted({uid for uid in uids if self._position(uid) >= 0})
             if len(wanted) < 500:
-                return [r for r in (self.record(uid) for uid in wanted) if r is not None]
+                return self._few_records(wanted)
             wanted_set = set(wanted)
         else:
             wanted_set = None
         out: list[MessageRecord] = []
         missing: list[int] = []
+        fills: list[tuple[int, int, str]] = []
         i, n = 0, len(view)
         path = self.path
         for uid, key, sub, info, _kw, size, vsize, date, _m in self._conn.execute(
@@ -809,10 +904,14 @@ class FolderIndex:
                 i += 1
             if i < n and view[i] == uid:
                 if wanted_set is None or uid in wanted_set:
-                    out.append(MessageRecord(uid, key, f"{path}/{sub}/{key}{info}", size,
-                                             vsize, fsets[fids[i]], date, modseqs[i]))
+                    file = f"{path}/{sub}/{key}{info}"
+                    if vsize < 0:
+                        vsize = self._measure_size(file, size, fills, uid, key)
+                    out.append(MessageRecord(uid, key, file, size, vsize, fsets[fids[i]],
+                                             date, modseqs[i]))
                 i += 1
         missing.extend(range(i, n))
+        self._store_sizes(fills)
         if missing:                          # expunged by another process since our sync
             out.extend(r for r in (self._tombstone_record(view[j]) for j in missing)
                        if r is not None and (wanted_set is None or r.uid in wanted_set))
@@ -821,14 +920,82 @@ class FolderIndex:
 
     def record(self, uid: int) -> MessageRecord | None:
         """One message of the view (as of the last sync), or None."""
-        i = self._position(uid)
-        if i < 0:
-            return None
-        row = self._conn.execute(f"SELECT {_ROW} FROM messages WHERE uid = ?",
-                                 (uid,)).fetchone()
-        if row is None:
-            return self._tombstone_record(uid)
-        return self._record(row, self._fsets[self._fids[i]], self._modseqs[i])
+        found = self._few_records([uid] if self._position(uid) >= 0 else [])
+        return found[0] if found else None
+
+    def _few_records(self, wanted: list[int]) -> list[MessageRecord]:
+        """records() of a few uids of the view (sorted): one query."""
+        if not wanted:
+            return []
+        rows = []
+        for start in range(0, len(wanted), 250):
+            part = wanted[start:start + 250]
+            rows += self._conn.execute(
+                f"SELECT {_ROW} FROM messages WHERE uid IN ({','.join('?' * len(part))})",
+                part).fetchall()
+        rows = self._with_sizes(rows)
+        fsets, fids, modseqs = self._fsets, self._fids, self._modseqs
+        out = []
+        for row in rows:
+            i = self._position(row[0])
+            if i >= 0:
+                out.append(self._record(row, fsets[fids[i]], modseqs[i]))
+        if len(rows) < len(wanted):            # expunged by another process since our sync
+            got = {row[0] for row in rows}
+            out += [r for r in (self._tombstone_record(uid) for uid in wanted
+                                if uid not in got) if r is not None]
+        out.sort(key=lambda r: r.uid)
+        return out
+
+    # -- rfc822 sizes computed when first needed -------------------------------------
+
+    def _measure_size(self, file: str, size: int, fills: list, uid: int, key: str) -> int:
+        """The rfc822 size of a message whose row has none; remembered in ``fills``
+        for :meth:`_store_sizes`.  A file gone meanwhile counts its stored size."""
+        try:
+            vsize = file_rfc822_size(file)
+        except OSError:
+            return size
+        fills.append((vsize, uid, key))
+        return vsize
+
+    def _with_sizes(self, rows: list[tuple]) -> list[tuple]:
+        """``rows`` (in _ROW order) with every unknown rfc822 size computed and stored."""
+        if all(row[6] >= 0 for row in rows):
+            return rows
+        fills: list[tuple[int, int, str]] = []
+        out = []
+        for row in rows:
+            if row[6] < 0:
+                file = f"{self.path}/{row[2]}/{row[1]}{row[3]}"
+                row = (*row[:6], self._measure_size(file, row[5], fills, row[0], row[1]),
+                       *row[7:])
+            out.append(row)
+        self._store_sizes(fills)
+        return out
+
+    def _sized(self, records: list) -> list:
+        """``records`` (MessageRecord or None) with unknown rfc822 sizes computed."""
+        if all(r is None or r.rfc822_size >= 0 for r in records):
+            return records
+        fills: list[tuple[int, int, str]] = []
+        out = [r if r is None or r.rfc822_size >= 0 else dataclasses.replace(
+            r, rfc822_size=self._measure_size(r.path, r.size, fills, r.uid, r.key))
+            for r in records]
+        self._store_sizes(fills)
+        return out
+
+    def _store_sizes(self, fills: list[tuple[int, int, str]]) -> None:
+        """Remember computed sizes (content, not state: no modseq; best effort)."""
+        if not fills:
+            return
+        try:
+            with self._transaction() as conn:
+                conn.executemany("UPDATE messages SET rfc822_size = ? WHERE uid = ? AND key = ?"
+                                 " AND rfc822_size < 0", fills)
+        except sqlite3.OperationalError:        # e.g. busy: compute again next time
+            pass
+        fills.clear()
 
     def _tombstone_record(self, uid: int) -> MessageRecord | None:
         i = self._position(uid)
@@ -837,6 +1004,8 @@ class FolderIndex:
             " FROM expunged WHERE uid = ?", (uid,)).fetchone()
         if row is None or i < 0:
             return None
+        if row[6] < 0:                          # the file is gone: its stored size
+            row = (*row[:6], row[5], *row[7:])
         return self._record(row, self._fsets[self._fids[i]], self._modseqs[i])
 
     def _path_of(self, uid: int) -> tuple | None:
@@ -881,6 +1050,7 @@ class FolderIndex:
             if bumped:
                 conn.execute("UPDATE meta SET highestmodseq = max(highestmodseq, ?)",
                              (modseq,))
+        results = self._sized(results)
         for record in results:
             if record is not None:
                 i = self._position(record.uid)
@@ -915,6 +1085,7 @@ class FolderIndex:
                         return None
                     self._scan_locked(force=True, modseq=modseq)
                     continue
+                self._known_move((sub, key + info), ("cur", key + new_info))
             conn.execute("UPDATE messages SET dir = ?, info = ?, keywords = ?, modseq = ?"
                          " WHERE uid = ?", (new_sub, new_info, new_keywords, modseq, uid))
             return self._record((uid, key, new_sub, new_info, new_keywords, *row[5:8],
@@ -936,7 +1107,8 @@ class FolderIndex:
                 break
             except FileExistsError:
                 continue
-        key = f"{unique},S={size}"
+        vsize = rfc822_size(data)
+        key = f"{unique},S={size},W={vsize}"
         try:
             fsutil.rename(tmp, os.path.join(cur, key + info))
         except BaseException:
@@ -946,8 +1118,7 @@ class FolderIndex:
         fsutil.fsync_dir(cur)
         date = internaldate if internaldate is not None else os.stat(
             os.path.join(cur, key + info)).st_mtime
-        (record,) = self._insert_new([(key, "cur", info, keywords, size, rfc822_size(data),
-                                       date)])
+        (record,) = self._insert_new([(key, "cur", info, keywords, size, vsize, date)])
         self._add_usage(size, 1)
         return record
 
@@ -973,7 +1144,10 @@ class FolderIndex:
                 out.append(self._record((uid, key, sub, info, keywords, size, vsize, date,
                                          modseq)))
             conn.execute("UPDATE meta SET uidnext = ?, highestmodseq = ?", (uidnext, modseq))
-        return out
+        for key, sub, info, *_rest in entries:
+            self._known_move(None, (sub, key + info))
+        self._dirty = True
+        return self._sized(out)
 
     def _add_usage(self, size: int, count: int) -> None:
         root = _quota_root(self.path)
@@ -994,7 +1168,8 @@ class FolderIndex:
                     break
                 _, key, sub, info, keywords, size, vsize, date, _m = row
                 letters = "".join(sorted(_letters(info)))
-                new_key = f"{fsutil.unique_name()},S={size}"
+                new_key = f"{fsutil.unique_name()},S={size}" + (f",W={vsize}" if vsize >= 0
+                                                                else "")
                 new_info = ":2," + letters
                 try:
                     fsutil.link_or_copy(f"{self.path}/{sub}/{key}{info}",
@@ -1039,6 +1214,7 @@ class FolderIndex:
                         rescanned = True
                         self._scan_locked(force=True)
                         continue
+                    self._known_move((row[1], row[0] + row[2]), None)
                     removed.append(uid)
                     size += row[3]
                     dirs.add(os.path.join(self.path, row[1]))
@@ -1048,6 +1224,7 @@ class FolderIndex:
                 modseq = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0] + 1
                 conn.execute("UPDATE meta SET highestmodseq = ?", (modseq,))
                 self._tombstone(removed, modseq)
+                self.highestmodseq = max(self.highestmodseq, modseq)
         self._drop(removed)
         self._add_usage(-size, -len(removed))
         return removed

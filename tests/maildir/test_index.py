@@ -333,7 +333,7 @@ def test_append_with_internaldate(maildir, opened):
     assert rec.internaldate == 1_234_567_890
     assert rec.size == rec.rfc822_size == len(data)
     name = os.path.basename(rec.path)
-    assert name == f"{rec.key}:2,S" and rec.key.endswith(f",S={len(data)}")
+    assert name == f"{rec.key}:2,S" and rec.key.endswith(f",S={len(data)},W={len(data)}")
     assert os.path.dirname(rec.path) == os.path.join(maildir, "cur")
     assert os.stat(rec.path).st_mtime == 1_234_567_890
     assert os.listdir(os.path.join(maildir, "tmp")) == []
@@ -512,13 +512,13 @@ def test_corruption_found_during_sync(maildir, message, opened, monkeypatch):
     real = ix._refresh
     calls = []
 
-    def broken():
+    def broken(*args):
         if not calls:
             calls.append(1)
             error = sqlite3.DatabaseError("database disk image is malformed")
             error.sqlite_errorcode = 11
             raise error
-        return real()
+        return real(*args)
 
     monkeypatch.setattr(ix, "_refresh", broken)
     changes = ix.sync()
@@ -711,3 +711,59 @@ def test_status_counts_and_recent_count(maildir, message, opened):
     ix.sync()
     assert ix.recent_count() == 1
     assert ix.status_counts()["MESSAGES"] == 5
+
+
+def test_first_scan_reads_no_message_and_sizes_come_when_needed(maildir, opened,
+                                                                 monkeypatch):
+    put(maildir, "1.A,S=7", b"a\nb\r\nc\n", mtime=1)
+    put(maildir, "2.B,S=7,W=9", b"a\nb\r\nc\n", mtime=2)
+    put(maildir, "3.C", b"x\n", mtime=3)
+    reads = []
+    real = index_module.file_rfc822_size
+    monkeypatch.setattr(index_module, "file_rfc822_size",
+                        lambda path: reads.append(os.path.basename(path)) or real(path))
+    ix = opened(maildir)
+    assert reads == []                          # W= or computed later
+    assert ix.status_counts(size=False) == {"MESSAGES": 3, "UNSEEN": 3, "DELETED": 0}
+    assert reads == []
+    assert [r.rfc822_size for r in ix.records([1, 2])] == [9, 9]
+    assert reads == ["1.A,S=7"]
+    assert ix.status_counts()["SIZE"] == 9 + 9 + 3
+    assert reads == ["1.A,S=7", "3.C"]
+    again = opened(maildir)                     # remembered in the index
+    assert [r.rfc822_size for r in again.records()] == [9, 9, 3]
+    assert reads == ["1.A,S=7", "3.C"]
+
+
+def test_copy_and_append_names_carry_the_rfc822_size(maildir, opened):
+    ix = opened(maildir)
+    rec = ix.append(b"a\nb\n")
+    assert rec.key.endswith(",S=4,W=6") and rec.rfc822_size == 6
+    dst = opened(os.path.join(maildir, ".Box"), create=True)
+    ix.copy_to([rec.uid], dst)
+    (copy,) = dst.sync().added
+    assert copy.key.endswith(",S=4,W=6") and copy.rfc822_size == 6
+
+
+def test_mtime_window_depends_on_timestamp_granularity():
+    second = 1_700_000_000 * 10**9
+    assert not index_module._settled(second, second + 500_000_000)     # coarse: 2 s
+    assert index_module._settled(second, second + 2_000_000_000)
+    fine = second + 123_456_789
+    assert not index_module._settled(fine, fine + 50_000_000)
+    assert index_module._settled(fine, fine + 100_000_000)
+
+
+def test_delivery_right_after_our_own_changes_is_found(maildir, message, opened):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    ix.sync()
+    ix.append(b"Subject: own\n\nx\n")
+    ix.store_flags(1, SEEN)
+    assert [r.uid for r in ix.sync().added] == [2]
+    deliver(maildir, message)                   # same mtime window: found by listing
+    assert [r.uid for r in ix.sync().added] == [3]
+    ix.expunge([2])
+    deliver(maildir, message)
+    assert [r.uid for r in ix.sync().added] == [4]
+    assert [r.uid for r in ix.records()] == [1, 3, 4]
