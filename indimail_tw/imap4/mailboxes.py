@@ -37,7 +37,7 @@ def status_values(folders: mf.MailFolders, name: str, items: tuple[str, ...],
     try:
         counts: dict[str, int] = {}
         if any(i in ("MESSAGES", "UNSEEN", "DELETED", "SIZE") for i in items):
-            counts = index.status_counts()       # no per-message records (big folders)
+            counts = index.status_counts(size="SIZE" in items)   # no per-message records
         values = []
         for item in items:
             if item in ("MESSAGES", "UNSEEN", "DELETED", "SIZE"):

@@ -1,11 +1,11 @@
 """Crash-safe delivery of one message into a Maildir (qmail's and IndiMail's rules).
 
 The message is written under a unique name into ``tmp/``, fsynced, then
-linked into ``new/`` as ``<unique>,S=<size>`` and ``new/`` is fsynced; only
-then is the delivery reported done (:mod:`indimail_tw.fsutil` does the
-syncing and linking).  A failure at any step removes the partial file in
-``tmp/``; a crash leaves at most a stray file in ``tmp/`` that Maildir
-cleaners remove, never a partial message in ``new/``.
+linked into ``new/`` as ``<unique>,S=<size>,W=<rfc822 size>`` (qmail's name plus
+Dovecot's ``,W=``) and ``new/`` is fsynced; only then is the delivery reported
+done (:mod:`indimail_tw.fsutil` does the syncing and linking).  A failure at
+any step removes the partial file in ``tmp/``; a crash leaves at most a stray
+file in ``tmp/`` that Maildir cleaners remove, never a partial message in ``new/``.
 
 Several deliveries made in one thread job can share the directory fsyncs
 (:func:`shared_syncs`): each message is still written and fsynced on its
@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -127,6 +127,25 @@ def _message_chunks(header: bytes, message_path: str,
             yield chunk
 
 
+class _BareLF:
+    """Counts the octets CRLF line ends would add (LFs without a CR) to the chunks it
+    passes on: ``,W=`` in the name is then the IMAP RFC822.SIZE / POP3 size, so
+    readers (our index, Dovecot) need not read the message to know it."""
+
+    def __init__(self) -> None:
+        self.extra = 0
+        self._last = b""
+
+    def count(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if chunk:
+                self.extra += chunk.count(b"\n") - chunk.count(b"\r\n")
+                if self._last == b"\r" and chunk[:1] == b"\n":
+                    self.extra -= 1
+                self._last = chunk[-1:]
+            yield chunk
+
+
 def deliver(maildir: str, message_path: str, header: bytes = b"",
             data: bytes | None = None) -> Delivered:
     """Write ``header`` + the message file into ``maildir``; return where and how big.
@@ -150,7 +169,9 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
         for _ in range(_NAME_ATTEMPTS):
             tmp = os.path.join(tmp_dir, fsutil.unique_name())
             try:
-                size = fsutil.write_new_file(tmp, _message_chunks(header, message_path, data))
+                crlf = _BareLF()
+                size = fsutil.write_new_file(
+                    tmp, crlf.count(_message_chunks(header, message_path, data)))
                 break
             except FileExistsError:
                 tmp = ""
@@ -159,7 +180,8 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
             raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
         base = os.path.basename(tmp)
         for attempt in range(_NAME_ATTEMPTS):
-            name = f"{base},S={size}" if attempt == 0 else f"{fsutil.unique_name()},S={size}"
+            sizes = f",S={size},W={size + crlf.extra}"
+            name = (base if attempt == 0 else fsutil.unique_name()) + sizes
             final = os.path.join(new_dir, name)
             try:
                 links = getattr(_batch, "links", None)

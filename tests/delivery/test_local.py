@@ -28,7 +28,7 @@ class LookupTestsMixin(DeliverySite):
         (data,) = self.assertDelivered(result, alice.maildir)
         self.assertEqual(data, b"Return-Path: <sender@remote.test>\n" + DT + BODY)
         (name,) = os.listdir(os.path.join(alice.maildir, "new"))
-        self.assertTrue(name.endswith(f",S={len(data)}"), name)
+        self.assertRegex(name, rf",S={len(data)},W=\d+$")
         self.assertEqual(os.listdir(os.path.join(alice.maildir, "tmp")), [])
 
     @defer.inlineCallbacks

@@ -12,13 +12,14 @@ import pytest
 
 from indimail_tw import fsutil
 from indimail_tw.fsutil import make_maildir
+from indimail_tw.maildir.index import rfc822_size
 from indimail_tw.maildir.deliver import (
     FOLDER_MARKER, MaildirDeliveryError, deliver, folder_path, prepare,
 )
 
 MESSAGE = b"Subject: test\n\nbody line\n"
 HEADER = b"Return-Path: <a@b.test>\nDelivered-To: example.com-x@example.com\n"
-NAME = re.compile(r"^\d+\.M\d+P\d+Q\d+\.[^/]+,S=(\d+)$")
+NAME = re.compile(r"^\d+\.M\d+P\d+Q\d+\.[^/]+,S=(\d+),W=(\d+)$")
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def test_delivers_into_new_with_size_in_name(maildir, message):
     match = NAME.match(name)
     assert match, name
     assert int(match[1]) == len(HEADER) + len(MESSAGE) == done.size
+    assert int(match[2]) == rfc822_size(HEADER + MESSAGE)      # CRLF line ends
     assert done.path == os.path.join(maildir, "new", name)
     with open(done.path, "rb") as f:
         assert f.read() == HEADER + MESSAGE
