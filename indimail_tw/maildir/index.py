@@ -45,6 +45,9 @@ How it works
   them again); its APPEND and COPY show up at the next sync, like a delivery.
 * New files are not moved from ``new/`` to ``cur/`` (POP3 and other readers
   share the folder); a flag change renames the file into ``cur/``.
+* :meth:`FolderIndex.close` keeps the connection and view as a spare (a few per
+  process); the next :meth:`FolderIndex.open` of that folder syncs the spare
+  instead of connecting and reading every row (SELECT, STATUS, APPEND targets).
 * A corrupt index file is moved aside (``...sqlite.corrupt-<time>``) and
   rebuilt; the rebuilt index has a new UIDVALIDITY (never a reused one: the
   last is remembered in ``indimail_tw-uidvalidity``) and the next sync of an
@@ -66,8 +69,10 @@ import dataclasses
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -308,6 +313,44 @@ def run(reactor, fn, *args, **kwargs):
     return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
 
 
+# -- spare indexes: reused by the next open of the same folder ---------------------
+
+#: Closed indexes kept open per process (their connection and view), most recently
+#: closed last; a spare is used by one caller at a time like any index.
+SPARES = 16
+#: A view bigger than this is not kept (16 bytes a message).
+_SPARE_VIEW_LIMIT = 250_000
+_spares: OrderedDict[int, FolderIndex] = OrderedDict()
+_spares_lock = threading.Lock()
+
+
+def _take_spare(path: str) -> FolderIndex | None:
+    with _spares_lock:
+        for key in reversed(_spares):
+            if _spares[key].path == path:
+                return _spares.pop(key)
+    return None
+
+
+def _keep_spare(index: FolderIndex) -> None:
+    evicted = []
+    with _spares_lock:
+        _spares[id(index)] = index
+        while len(_spares) > SPARES:
+            evicted.append(_spares.popitem(last=False)[1])
+    for old in evicted:
+        old._disconnect()
+
+
+def close_spares() -> None:
+    """Close every spare index of this process (tests; before forking workers)."""
+    with _spares_lock:
+        spares = list(_spares.values())
+        _spares.clear()
+    for spare in spares:
+        spare._disconnect()
+
+
 # -- the index -------------------------------------------------------------------
 
 class FolderIndex:
@@ -359,6 +402,16 @@ class FolderIndex:
         for sub in ("cur", "new"):
             if not os.path.isdir(os.path.join(folder_dir, sub)):
                 raise FileNotFoundError(f"no Maildir folder at {folder_dir}")
+        spare = _take_spare(os.path.abspath(folder_dir)) if cls is FolderIndex else None
+        if spare is not None:
+            try:
+                version = spare._conn.execute("SELECT version FROM meta").fetchone()
+                if version is not None and version[0] <= SCHEMA_VERSION:
+                    spare.sync()                # the view as a fresh open would load it
+                    return spare
+            except Exception:  # noqa: BLE001 -- e.g. the folder went away: open afresh
+                pass
+            spare._disconnect()
         self = cls(folder_dir)
         try:
             try:
@@ -372,7 +425,7 @@ class FolderIndex:
                 self._scan_if_needed()
                 self._load_view()
         except BaseException:
-            self.close()
+            self._disconnect()
             raise
         return self
 
@@ -436,7 +489,7 @@ class FolderIndex:
     def _recover(self) -> None:
         """Move a corrupt index file aside and build a new one (new UIDVALIDITY)."""
         bad_id = self._db_id
-        self.close()
+        self._disconnect()
         with _folder_lock(self.path):
             try:
                 st = os.stat(self._db_path)
@@ -455,6 +508,23 @@ class FolderIndex:
         self._connect()
 
     def close(self) -> None:
+        """Done with this object.  Its connection and view go to a small per-process
+        pool of spares (:func:`_keep_spare`): the next :meth:`open` of the folder
+        syncs a spare instead of connecting and reading every row again."""
+        conn = self._conn
+        if conn is None:
+            return
+        if conn.in_transaction or len(self._uids) > _SPARE_VIEW_LIMIT:
+            self._disconnect()
+            return
+        spare = FolderIndex.__new__(FolderIndex)
+        spare.__dict__.update(self.__dict__)
+        self._conn = None                       # this object is closed and empty
+        self._known = None
+        self._reset_view()
+        _keep_spare(spare)
+
+    def _disconnect(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -739,7 +809,7 @@ class FolderIndex:
         ascending delivery order."""
         try:
             if self._db_replaced():
-                self.close()
+                self._disconnect()
                 self._connect()
                 return self._reset_changes()
             mtimes = self._scan_if_needed()

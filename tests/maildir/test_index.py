@@ -493,6 +493,7 @@ def test_corrupt_index_is_set_aside(maildir, message, opened):
     ix = opened(maildir)
     old = ix.uidvalidity
     ix.close()
+    index_module.close_spares()                 # as another process would find it
     for suffix in ("-wal", "-shm"):
         if os.path.exists(os.path.join(maildir, INDEX_NAME + suffix)):
             os.unlink(os.path.join(maildir, INDEX_NAME + suffix))
@@ -767,3 +768,30 @@ def test_delivery_right_after_our_own_changes_is_found(maildir, message, opened)
     deliver(maildir, message)
     assert [r.uid for r in ix.sync().added] == [4]
     assert [r.uid for r in ix.records()] == [1, 3, 4]
+
+
+def test_a_closed_index_is_reused_by_the_next_open(maildir, message, opened):
+    index_module.close_spares()
+    deliver(maildir, message)
+    deliver(maildir, message)
+    first = FolderIndex.open(maildir)
+    conn = first._conn
+    first.close()
+    assert first._conn is None and len(first) == 0
+    deliver(maildir, message)                   # changes while it is a spare
+    other = opened(maildir)                     # (the spare: now in use)
+    assert other._conn is conn
+    other.store_flags(1, SEEN)
+    other.expunge([2])
+    fresh = FolderIndex(maildir)                # not from the pool, for comparison
+    fresh._connect()
+    fresh._load_view()
+    again = opened(maildir)                     # a new connection: none spare
+    assert again._conn is not conn
+    other.close()
+    reused = opened(maildir)
+    assert reused._conn is conn
+    assert list(reused.uids()) == list(fresh.uids()) == [1, 3]
+    assert reused.flags(1) == SEEN and reused.highestmodseq == fresh.highestmodseq
+    fresh._disconnect()
+    index_module.close_spares()
