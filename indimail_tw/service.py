@@ -175,6 +175,9 @@ class IndiMailService(service.MultiService):
         pool = self.context.io_pool
         if pool is not None and not pool.started:
             pool.start()
+        from indimail_tw import logsetup
+
+        logsetup.install(self._reactor())
         super().startService()
         log.info("indimail_tw started: root {root}, {engine} user store",
                  root=self.context.paths.root, engine=self.context.engine.name)
@@ -222,9 +225,35 @@ def worker_log_observer() -> Any:
     """The log observer of a worker process (twistd ``--logger``): JSON events on stdout."""
     from twisted.logger import jsonFileLogObserver
 
-    # stdout itself is taken over by twistd's logging: write to a copy of the descriptor
+    import atexit
+
+    from twisted.internet import reactor, task
+
+    from indimail_tw.logsetup import FLUSH_DELAY
+
+    # stdout itself is taken over by twistd's logging: write to a copy of the descriptor.
+    # The observer flushes after every event; the pipe is flushed every FLUSH_DELAY
+    # seconds instead (and at the end), so the events of a busy moment share writes.
     out = open(os.dup(1), "w", encoding="utf-8", errors="replace")  # noqa: SIM115
-    return jsonFileLogObserver(out)
+    lazy = _FlushLater(out)
+    flusher = task.LoopingCall(out.flush)
+    reactor.callWhenRunning(flusher.start, FLUSH_DELAY, False)
+    reactor.addSystemEventTrigger("after", "shutdown", out.flush)
+    atexit.register(lambda: out.closed or out.flush())
+    return jsonFileLogObserver(lazy)
+
+
+class _FlushLater:
+    """A text file whose ``flush`` waits for the worker's periodic flush."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def add_listeners(root: IndiMailService, selected: list[tuple[str, str]],

@@ -1,0 +1,92 @@
+"""The buffered log observer writes the lines twistd's text observer would."""
+
+from __future__ import annotations
+
+import io
+
+from twisted.internet import task
+from twisted.logger import (
+    FileLogObserver, LogLevel, LogPublisher, formatEventAsClassicLogText, textFileLogObserver,
+)
+from twisted.python import logfile
+from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactorClock
+
+from indimail_tw import logsetup
+
+
+class Out(io.StringIO):
+    writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+def events():
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        failure = Failure()
+    base = {"log_time": 1764000000.25, "log_namespace": "indimail_tw.queue",
+            "log_level": LogLevel.info}
+    return [
+        {**base, "log_format": "{queue}: new msg {id}: bytes {size}", "queue": "queue1",
+         "id": "abc", "size": 2048},
+        {**base, "log_format": "{x!r} {y:g} {z.real}", "x": "a'b", "y": 0.5, "z": 3},
+        {**base, "log_format": "two\nlines {n}", "n": 1, "log_system": "custom"},
+        {**base, "log_format": "missing {nothing}"},
+        {**base, "log_format": "call {f()}", "f": lambda: "called"},
+        {**base, "log_format": "failed", "log_failure": failure, "log_level": LogLevel.error},
+        {**base, "log_format": "", "log_level": None},
+    ]
+
+
+def test_same_lines_as_twistds_observer():
+    clock = task.Clock()
+    out = Out()
+    observer = logsetup.BufferedLogObserver(out, clock)
+    expected = []
+    for event in events():
+        observer(event)
+        expected.append(formatEventAsClassicLogText(event) or "")
+    observer.flush()
+    assert out.getvalue() == "".join(expected)
+
+
+def test_lines_are_written_together_after_a_delay_errors_at_once(monkeypatch):
+    monkeypatch.setattr(logsetup.threadable, "isInIOThread", lambda: True)
+    clock = task.Clock()
+    out = Out()
+    observer = logsetup.BufferedLogObserver(out, clock)
+    info = events()[0]
+    observer(info)
+    observer(info)
+    assert out.writes == 0
+    clock.advance(logsetup.FLUSH_DELAY)
+    assert out.writes == 1 and out.getvalue().count("\n") == 2
+    observer({**info, "log_level": LogLevel.warn})
+    assert out.writes == 2
+
+
+def test_install_replaces_the_observer_of_a_log_file(tmp_path):
+    publisher = LogPublisher()
+    log_file = logfile.LogFile.fromFullPath(str(tmp_path / "twistd.log"))
+    original = textFileLogObserver(log_file)
+    publisher.addObserver(original)
+    clock = MemoryReactorClock()
+    installed = logsetup.install(clock, publisher)
+    assert installed is not None
+    assert publisher._observers == [installed]
+    publisher(events()[0])
+    installed.flush()
+    log_file.close()
+    assert "new msg abc" in (tmp_path / "twistd.log").read_text()
+
+
+def test_install_leaves_other_observers_alone():
+    publisher = LogPublisher()
+    observer = FileLogObserver(io.StringIO(), lambda event: "x\n")
+    publisher.addObserver(observer)
+    assert logsetup.install(MemoryReactorClock(), publisher) is None
+    assert publisher._observers == [observer]
