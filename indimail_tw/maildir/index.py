@@ -376,6 +376,7 @@ class FolderIndex:
         self._known: tuple[set[str], set[str]] | None = None
         self._known_version = -1
         self._dirty = False                  # this object committed rows its view lacks
+        self._wal_sync_due = False           # the open transaction gave out UIDs
         self._reset_view()
 
     def _reset_view(self) -> None:
@@ -559,10 +560,27 @@ class FolderIndex:
             yield conn
         except BaseException:
             self._known = None                  # files may have moved, rows not
+            self._wal_sync_due = False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if self._wal_sync_due:
+            self._wal_sync_due = False
+            self._sync_wal()
+
+    def _sync_wal(self) -> None:
+        """Make the last commit durable after the fact (what synchronous=FULL does at
+        commit): a scan learns only inside its transaction that it numbers new
+        files, and SQLite cannot change the mode inside one."""
+        try:
+            fd = os.open(self._db_path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:               # checkpointed: synced by SQLite
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _meta(self) -> tuple:
         return self._conn.execute(
@@ -585,7 +603,7 @@ class FolderIndex:
                     and self._listing() == self._known):
                 return mtimes
         measured = self._measure_unlocked(meta[1])
-        with self._transaction(durable=True):
+        with self._transaction():               # durable if it numbers files (_sync_wal)
             self._scan_locked(force, measured)
         return mtimes
 
@@ -672,6 +690,8 @@ class FolderIndex:
         if vanished:
             self._tombstone([row[0] for row in vanished], modseq)
         if fresh:
+            if self._sync_mode != "FULL":
+                self._wal_sync_due = True       # a UID given out is never given again
             fresh.sort()                        # delivery order: (mtime, name)
             first = uidnext
             uidnext += len(fresh)

@@ -795,3 +795,17 @@ def test_a_closed_index_is_reused_by_the_next_open(maildir, message, opened):
     assert reused.flags(1) == SEEN and reused.highestmodseq == fresh.highestmodseq
     fresh._disconnect()
     index_module.close_spares()
+
+
+def test_a_scan_is_durable_only_when_it_gives_out_uids(maildir, message, opened,
+                                                        monkeypatch):
+    ix = opened(maildir)
+    synced = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.readlink(
+        f"/proc/self/fd/{fd}")))
+    deliver(maildir, message)
+    assert [r.uid for r in ix.sync().added] == [1]
+    assert synced == [os.path.join(maildir, INDEX_NAME + "-wal")]
+    age_dirs(maildir)                           # only the stored mtimes change
+    ix.sync()
+    assert len(synced) == 1
