@@ -138,7 +138,22 @@ def precheck(path: str, sender: str, settings: Any) -> Precheck:
                     data)
 
 
+#: (settings snapshot, its maxdeliveredto): the control file is read once per snapshot,
+#: i.e. again after a reload (SIGHUP), as the other control files are.
+_max_cache: tuple[Any, int] | None = None
+
+
 def _max_delivered_to(settings: Any) -> int:
+    global _max_cache
+    cached = _max_cache
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    value = _read_max_delivered_to(settings)
+    _max_cache = (settings, value)
+    return value
+
+
+def _read_max_delivered_to(settings: Any) -> int:
     control = getattr(settings, "control", None)
     if control is None:
         return 0

@@ -121,6 +121,9 @@ class QueueStore:
         self._lock_fd: int | None = None
         self._removals: list[str] = []         # see apply(); commit and journal jobs
         self._removals_lock = threading.Lock()  # may run at once
+        #: Messages committed by this process that have no state log yet: their
+        #: removal need not try to unlink one (a set is thread-safe for add/discard).
+        self._no_state: set[str] = set()
 
     def mess_path(self, msg_id: str) -> str:
         return os.path.join(self.mess, msg_id)
@@ -241,8 +244,10 @@ class QueueStore:
             if not isinstance(p, Prepared):
                 continue
             try:
+                self._no_state.add(p.id)
                 fsutil.rename(os.path.join(self.tmp, p.tmp), os.path.join(self.info, p.id))
             except OSError as e:
+                self._no_state.discard(p.id)
                 results[i] = e
                 self._forget(p)
         removals = self._take_removals()        # this fsync makes them durable too
@@ -342,12 +347,17 @@ class QueueStore:
 
     def _finish_removals(self, taken: list[str]) -> None:
         """``info/ID`` of each is durably gone: its data and state log can go too."""
+        no_state = self._no_state
         for msg_id in taken:
             with contextlib.suppress(OSError):      # harmless leftovers for recovery
                 _unlink(self.mess_path(msg_id))
-                _unlink(os.path.join(self.state, msg_id))
+                if msg_id in no_state:
+                    no_state.discard(msg_id)
+                else:
+                    _unlink(os.path.join(self.state, msg_id))
 
     def _append_state(self, msg_id: str, data: bytes) -> None:
+        self._no_state.discard(msg_id)
         fd = os.open(os.path.join(self.state, msg_id),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

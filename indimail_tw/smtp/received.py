@@ -37,9 +37,19 @@ def protocol_name(esmtp: bool, tls: bool, auth: bool, smtputf8: bool) -> str:
     return base + ("S" if tls else "") + ("A" if auth else "")
 
 
+_last_date: tuple[int, str] = (-1, "")
+
+
 def rfc5322_date(when: float) -> str:
-    moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
-    return format_datetime(moment)
+    """The date of a Received line (UTC, whole seconds; formatted once per second)."""
+    global _last_date
+    second = int(when)
+    cached = _last_date
+    if cached[0] == second:
+        return cached[1]
+    text = format_datetime(datetime.datetime.fromtimestamp(second, datetime.UTC))
+    _last_date = (second, text)
+    return text
 
 
 def received_header(*, helo: str | None, remote_ip: str, remote_host: str | None,

@@ -331,3 +331,29 @@ def test_the_tools_remove_at_once(tmp_path):
     msg_id = result_of(queue.enqueue(ENV, b"x\n"))
     assert queue.store.apply([("remove", msg_id, b"")]) == [None]
     assert files(queue, "info") == files(queue, "mess") == []
+
+
+def test_removal_unlinks_a_state_log_only_where_one_may_exist(tmp_path, monkeypatch):
+    import os
+
+    from indimail_tw.queue import records
+    from indimail_tw.queue.envelope import Envelope, Recipient
+    from indimail_tw.queue.states import RecipientState
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+    quiet, logged = (store.commit([Pending(DataFile(), b"x\n", envelope, 2, new_tmp_name())])[0]
+                     for _ in range(2))
+    line = records.encode_state(RecipientState(0, Recipient("c@d.test"), attempts=1).fields())
+    assert store.apply([("state", logged.id, line)]) == [None]
+    unlinked = []
+    real_unlink = os.unlink
+    monkeypatch.setattr(os, "unlink", lambda path: (unlinked.append(path), real_unlink(path)))
+    store.apply([("remove", quiet.id, b""), ("remove", logged.id, b"")])
+    assert os.path.join(store.state, quiet.id) not in unlinked
+    assert os.path.join(store.state, logged.id) in unlinked
+    assert os.listdir(store.state) == [] and os.listdir(store.mess) == []
+    assert os.listdir(store.info) == []
+    store.close()
