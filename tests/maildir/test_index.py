@@ -809,3 +809,39 @@ def test_a_scan_is_durable_only_when_it_gives_out_uids(maildir, message, opened,
     age_dirs(maildir)                           # only the stored mtimes change
     ix.sync()
     assert len(synced) == 1
+
+
+def test_a_big_view_is_loaded_from_its_snapshot_plus_later_changes(maildir, message,
+                                                                    monkeypatch):
+    monkeypatch.setattr(index_module, "SNAPSHOT_MIN", 3)
+    index_module.close_spares()
+    for i in range(5):
+        put(maildir, f"{i}.X", mtime=1000 + i)
+    first = FolderIndex.open(maildir)           # row by row, then saves the snapshot
+    first.store_flags(2, frozenset({"\\Seen", "$Work"}))
+    first.expunge([4])
+    deliver(maildir, message)
+    first._disconnect()
+    rows = []
+    real = FolderIndex._refresh
+    monkeypatch.setattr(FolderIndex, "_refresh",
+                        lambda self, *a: rows.append(1) or real(self, *a))
+    again = FolderIndex.open(maildir)           # snapshot + the changes since
+    assert rows
+    reference = FolderIndex(maildir)
+    reference._connect()
+    monkeypatch.setattr(index_module, "SNAPSHOT_MIN", 10**9)
+    reference._load_snapshot = lambda mtimes: False     # row by row
+    reference._load_view()
+    assert list(again.uids()) == list(reference.uids()) == [1, 2, 3, 5, 6]
+    assert [again.flags(u) for u in again.uids()] == [reference.flags(u)
+                                                      for u in reference.uids()]
+    assert [again.modseq(u) for u in again.uids()] == [reference.modseq(u)
+                                                       for u in reference.uids()]
+    assert (again.uidnext, again.highestmodseq) == (reference.uidnext,
+                                                    reference.highestmodseq)
+    assert again.flag_summary() == (0, {"$Work"})
+    again.store_flags(1, SEEN)
+    assert again.flag_summary() == (2, {"$Work"})
+    again._disconnect()
+    reference._disconnect()
