@@ -138,6 +138,11 @@ class SelectedMailbox:
         """Collect the keywords in use; return the first unseen sequence number.
         The index shares one frozenset among messages with the same flags, so each
         distinct set is looked at once."""
+        summary = getattr(self.index, "flag_summary", None)
+        if summary is not None and len(self.uids) == len(self.index):
+            first, keywords = summary("\\Seen")  # same positions: uids is the view's copy
+            self.keywords.update(keywords)
+            return first + 1 if first >= 0 else None
         flags_of = self.index.flags
         done: set[int] = set()
         unseen = None
