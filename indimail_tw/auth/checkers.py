@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, error as ierror, protocol
+from twisted.internet import defer, error as ierror, protocol, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -145,9 +145,11 @@ class StoreChecker:
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
 
-    def __init__(self, engine: Engine | None = None, policy: AuthPolicy | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, policy: AuthPolicy | None = None,
+                 reactor=None) -> None:
         self.engine = engine
         self.policy = policy or AuthPolicy()
+        self._reactor = reactor
 
     def bind(self, engine: Engine, policy: AuthPolicy) -> None:
         self.engine = engine
@@ -161,8 +163,16 @@ class StoreChecker:
             login = login.decode("utf-8", "replace")
         context = context_of(credentials)
         proof = proof_for(credentials, self.policy.allow_clear, self.policy.enable_cram)
-        d = self.engine.runInteraction(authenticate, login, proof, context.service,
-                                       context.local_ip, self.policy)
+        # A read-only lookup plus the password hash: run in the reactor's thread
+        # pool on each thread's own read connection (Engine.run_read), so that
+        # concurrent logins hash in parallel instead of queueing behind the one
+        # writer connection (and never hold SQLite's write lock).
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), self.engine.run_read,
+                                      authenticate, login, proof, context.service,
+                                      context.local_ip, self.policy)
         d.addCallbacks(self._outcome, self._failed, callbackArgs=(context.service,))
         return d
 
