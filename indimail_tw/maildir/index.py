@@ -1040,6 +1040,12 @@ class FolderIndex:
             counts["SIZE"] = total
         return counts
 
+    def view_arrays(self) -> tuple[array, array, list[frozenset], array]:
+        """(uids, flag-set numbers, flag sets, modseqs) of the view, by position: the
+        live arrays, for rendering many messages at once.  Read only, and only
+        until the next call that changes the view."""
+        return self._uids, self._fids, self._fsets, self._modseqs
+
     def flag_summary(self, flag: str = "\\Seen") -> tuple[int, set[str]]:
         """(position in the view of the first message without ``flag`` or -1, the
         keywords of the view's messages): SELECT's UNSEEN and FLAGS without a Python
