@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -277,14 +278,25 @@ def do_fetch(session: Any, tag: bytes, args: Any):
     jobs = []
     cached: dict[int, Loaded] = {}
     octets = 0
+    many = getattr(index, "cache_get_many", None) if plan.need_tree else None
+    folder = (getattr(index, "path", None), getattr(index, "uidvalidity", None))
+    blobs = many([u for _, u in msgs if (*folder, u) not in _STRUCTURES], CACHE_KEY) \
+        if many is not None and folder[0] else None
     for _, uid in msgs:
         rec = records.get(uid)
         if rec is None or uid in sel.gone:
             continue
         pre = None
         if plan.need_tree:
-            blob = index.cache_get(uid, CACHE_KEY)
-            pre = mime.load_structure(blob) if blob else None
+            pre = _STRUCTURES.get((*folder, uid)) if blobs is not None else None
+            if pre is not None:
+                _STRUCTURES.move_to_end((*folder, uid))
+            else:
+                blob = blobs.get(uid) if blobs is not None else index.cache_get(uid,
+                                                                                CACHE_KEY)
+                pre = mime.load_structure(blob) if blob else None
+                if pre is not None and blobs is not None:
+                    _remember_structure((*folder, uid), pre)
         if pre is not None and not plan.need_content:
             cached[uid] = Loaded(None, None, False, pre)
             continue
@@ -315,6 +327,20 @@ def _cte_known(plan: FetchPlan, loaded: Loaded) -> bool:
                     and node.encoding.lower() not in mime.KNOWN_CTES):
                 return False
     return True
+
+
+#: Parsed structure cache blobs of recently fetched messages, by (folder directory,
+#: UIDVALIDITY, UID): a message's content never changes under one UID, so every
+#: session of the process can share them (FLAGS ENVELOPE BODYSTRUCTURE of the same
+#: messages again skips the query and the JSON decoding).
+_STRUCTURES: OrderedDict[tuple, mime.Structure] = OrderedDict()
+STRUCTURES = 2048
+
+
+def _remember_structure(key: tuple, structure: mime.Structure) -> None:
+    _STRUCTURES[key] = structure
+    if len(_STRUCTURES) > STRUCTURES:
+        _STRUCTURES.popitem(last=False)
 
 
 def _view_fast(sel: Any, tag: bytes, args: Any) -> Iterator[bytes] | None:

@@ -71,3 +71,17 @@ def test_view_arrays_answer_like_the_general_path(session, line):
 def test_pending_expunges_take_the_general_path(session):
     session.selected.gone.add(3)
     assert fetch._view_fast(session.selected, b"a1", parse(b"a1 FETCH 1:* FLAGS")) is None
+
+
+def test_parsed_structures_are_kept_for_the_next_fetch(session, monkeypatch):
+    index = session.selected.index
+    asked = []
+    real = index.cache_get_many
+    monkeypatch.setattr(index, "cache_get_many", lambda uids, key: asked.append(
+        list(uids)) or real(uids, key))
+    line = b"a1 FETCH 1:3 (ENVELOPE BODYSTRUCTURE)"
+    first = reply(session, line, fast=True)           # parsed, cached in the index
+    second = reply(session, line, fast=True)          # read from the index's cache
+    third = reply(session, line, fast=True)           # kept in the process
+    assert first == second == third and b"ENVELOPE" in first
+    assert asked == [[1, 2, 3], [1, 2, 3], []]

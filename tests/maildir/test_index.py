@@ -463,6 +463,7 @@ def test_cache(maildir, message, opened):
     assert ix.cache_get(1, "structure") == b"new"
     ix.cache_put(5, "structure", b"none")           # no such message: not stored
     assert ix.cache_get(5, "structure") is None
+    assert ix.cache_get_many([1, 5, 1], "structure") == {1: b"new"}
 
 
 # -- recovery -------------------------------------------------------------------------------------
