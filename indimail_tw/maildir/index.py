@@ -605,23 +605,26 @@ class FolderIndex:
         meta = self._meta()
         if not force and (meta[4], meta[5]) == mtimes:
             return mtimes
+        listing = None
         if not force and self._known is not None and self._version() == self._known_version:
             now = time.time_ns()
             # Inside the mtime window: nobody else committed since we last matched
             # the rows with the names, so equal names mean no change.
-            if (not (_settled(mtimes[0], now) and _settled(mtimes[1], now))
-                    and self._listing() == self._known):
-                return mtimes
-        measured = self._measure_unlocked(meta[1])
+            if not (_settled(mtimes[0], now) and _settled(mtimes[1], now)):
+                listing = self._listing()
+                if listing == self._known:
+                    return mtimes
+        measured = self._measure_unlocked(meta[1], listing)
         with self._transaction():               # durable if it numbers files (_sync_wal)
             self._scan_locked(force, measured)
         return mtimes
 
-    def _measure_unlocked(self, uidnext: int) -> dict[str, tuple[int, int, int]]:
+    def _measure_unlocked(self, uidnext: int, listing: tuple[set[str], set[str]] | None = None
+                          ) -> dict[str, tuple[int, int, int]]:
         """Before a scan that will meet many new files (the first index of a folder, a
-        mass import), read them without holding the lock, so other sessions of the
-        folder wait only for the short numbering step."""
-        new_names, cur_names = self._listing()
+        mass import), stat them without holding the lock, so other sessions of the
+        folder wait only for the short numbering step.  ``listing``: one just made."""
+        new_names, cur_names = listing if listing is not None else self._listing()
         if len(new_names) + len(cur_names) - (uidnext - 1) < _PREMEASURE:
             return {}
         found = self._by_key(new_names, cur_names)
