@@ -54,9 +54,9 @@ BOUNCE_RETRY = 60.0          # seconds before retrying a bounce that could not b
 #: Seconds after which a recipient parked by a busy agent is tried again even if the
 #: agent never said it has room (an agent without ``when_room``, or a lost wake-up).
 PARK_RETRY = 5.0
-#: Parked recipients of a domain started again per host slot released there: a slot
-#: makes room for about one more delivery, so many more would be turned away again.
-UNPARK_BATCH = 2
+#: Parked recipients of a domain started again per delivery that ended there: that
+#: makes room for one more, so more would mostly be turned away again.
+UNPARK_BATCH = 1
 DOUBLE_BOUNCE_SENDER = "#@[]"
 
 
@@ -354,15 +354,17 @@ class Scheduler:
             self._unpark_timer[channel] = self.clock.callLater(PARK_RETRY, self._unpark,
                                                                channel, None)
 
-    def _unpark(self, channel: str, domains: dict[str, int] | None) -> None:
+    def _unpark(self, channel: str, domains: dict[str, int] | None) -> dict[str, int]:
         """Start again parked recipients of the domains that got room:
-        :data:`UNPARK_BATCH` per slot released (with ``domains`` None, the timer's
-        call, that many of every parked domain)."""
+        :data:`UNPARK_BATCH` per delivery that ended there (with ``domains`` None,
+        the timer's call, that many of every parked domain).  Returns how many were
+        started per domain (the agent offers the rest to the other queues)."""
         if domains is None:
             self._unpark_timer[channel] = None
         parked = self._parked[channel]
+        started: dict[str, int] = {}
         if self._stopping or not parked:
-            return
+            return started
         ready = self._ready[channel]
         chosen = parked.keys() if domains is None else parked.keys() & domains.keys()
         for domain in list(chosen):
@@ -376,10 +378,13 @@ class Scheduler:
                     entry.running.add(index)
                     ready.appendleft((entry, index))
                     taken += 1
+            if taken:
+                started[domain] = taken
             if not waiting:
                 del parked[domain]
         self._pump(channel)
         self._ask_room(channel)
+        return started
 
     def _status(self) -> None:
         limits = self.settings()

@@ -60,6 +60,8 @@ log = Logger()
 
 MAX_RCPTS = 100               # recipients per transaction (RFC 5321 4.5.3.1.8)
 TLS_FALLBACK_SECONDS = 3600   # after a failed opportunistic handshake, that IP gets plaintext
+INLINE_BODY = 64 * 1024     # messages up to this size on the wire are sent from memory
+TLS_FILES_SECONDS = 1.0      # how long a host's TLS decision (tlshosts/ ...) is reused
 STOP_GRACE = 5.0              # seconds stop() waits for QUIT before dropping connections
 MEMORY_LIMIT = 10_000         # entries in the in-memory failure maps before pruning
 _SAFE_DOMAIN = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -99,6 +101,7 @@ class _Prepared:
     ipme: frozenset[str] | None
     client_cert: Any
     remote_auth: dict[str, tuple[str, ...]]    # remote_auth.cdb entries routes asked for
+    tcpto: Any                                 # TcpTo.read(): the table if it changed
 
 
 class _Batch:
@@ -149,6 +152,8 @@ class RemoteDeliveryAgent:
         self._released_domains: dict[str, int] = {}         # domain -> deliveries ended
         self._inflight: dict[str, int] = {}                 # domain -> deliveries admitted
         self._room_call: Any = None
+        self._room_turn = 0
+        self._tls_cache: dict[tuple, tuple[float, tlsmod.HostTLS]] = {}
         self._unsubscribe = config.subscribe(self._config_changed) \
             if hasattr(config, "subscribe") else None
 
@@ -184,10 +189,12 @@ class RemoteDeliveryAgent:
             self._schedule_room()
         return result
 
-    def when_room(self, callback: Callable[[dict[str, int]], object]) -> None:
+    def when_room(self, callback: Callable[[dict[str, int]], dict[str, int]]) -> None:
         """Subscribe ``callback(domains)``: called (in a later reactor turn) after
-        deliveries released host slots, with the recipient domains last routed to
-        those hosts and how many slots each got back."""
+        deliveries ended, with the recipient domains that have room again and for how
+        many deliveries.  It returns how many of them it started; the rest goes to
+        the next subscriber (the first one changes each time, so every queue gets
+        its turn)."""
         self._room.append(callback)
 
     def _made_room(self, ip: str, domain: str) -> None:
@@ -205,9 +212,20 @@ class RemoteDeliveryAgent:
     def _tell_room(self) -> None:
         self._room_call = None
         domains, self._released_domains = self._released_domains, {}
-        if domains:
-            for callback in list(self._room):
-                callback(domains)
+        if not domains or not self._room:
+            return
+        self._room_turn = (self._room_turn + 1) % len(self._room)
+        callbacks = self._room[self._room_turn:] + self._room[:self._room_turn]
+        for callback in callbacks:
+            taken = callback(dict(domains)) or {}
+            for domain, count in taken.items():
+                left = domains.get(domain, 0) - count
+                if left > 0:
+                    domains[domain] = left
+                else:
+                    domains.pop(domain, None)
+            if not domains:
+                break
 
     def _remember(self, domain: str, candidates: list[Candidate]) -> None:
         """Which IPs ``domain`` went to (for :meth:`deliver`'s quick busy check)."""
@@ -264,19 +282,17 @@ class RemoteDeliveryAgent:
         domain = domain_of(recipients[0].address)
         sender = message.envelope.sender
         try:
-            prep, _ = await defer.gatherResults([
-                self.run(self._prepare, settings.control, message.path, domain,
-                         [r.address for r in recipients], sender, self._ipme is None,
-                         settings.smtproutes),
-                self.tcpto.refresh()], consumeErrors=True)
-        except defer.FirstError as e:
-            error = e.subFailure.value
+            prep = await self.run(self._prepare, settings.control, message.path, domain,
+                                  [r.address for r in recipients], sender,
+                                  self._ipme is None, settings.smtproutes)
+        except Exception as error:  # noqa: BLE001 -- the message or the configuration
             log.error("cannot prepare {id}: {error}", id=message.id, error=error)
             unreadable = isinstance(error, OSError) and error.filename == message.path
             text = ("Unable to read message. (#4.3.0)" if unreadable else
                     "Unable to read the configuration for remote delivery. (#4.3.0)")
             return [DeliveryResult.temporary(text, "4.3.0")] * len(recipients)
         self._take(prep)
+        self.tcpto.take(prep.tcpto)
         groups: dict[tuple, tuple[NextHop, list[int]]] = {}
         for i in range(len(recipients)):
             route, origin = prep.routes[i], "moresmtproutes.cdb"
@@ -298,7 +314,7 @@ class RemoteDeliveryAgent:
     def _prepare(self, control: Any, path: str, domain: str, addresses: list[str],
                  sender: str, need_ipme: bool, smtproutes: Any = ()) -> _Prepared:
         """Blocking: everything read from disk before a delivery (runs in a thread)."""
-        info = scan_message(path)
+        info = scan_message(path, keep=INLINE_BODY)
         routes = more_routes(control.path, self.environ, addresses, sender)
         keys = []
         for address, route in zip(addresses, routes, strict=True):
@@ -313,7 +329,7 @@ class RemoteDeliveryAgent:
             else DEFAULT_PER_HOST
         ipme = load_ipme(control) if need_ipme else None
         return _Prepared(info, routes, tuple(outgoing), control.lines("notlhosts"),
-                         per_host, ipme, self._load_client_cert(), found)
+                         per_host, ipme, self._load_client_cert(), found, self.tcpto.read())
 
     def _load_client_cert(self) -> Any:
         path = tlsmod.client_certificate_path(self.certs, self.environ)
@@ -375,9 +391,33 @@ class RemoteDeliveryAgent:
                          eight_bit=prep.info.eight_bit, smtputf8=envelope.smtputf8,
                          utf8_header=prep.info.utf8_header, ret=envelope.ret,
                          envid=envelope.envid)
-        hosts = sorted({c.host for c in candidates})
-        decisions = await self.run(_tls_decisions, self.certs, hosts, domain, prep.notlhosts)
+        decisions = await self._tls_decisions(sorted({c.host for c in candidates}), domain,
+                                              prep.notlhosts)
         return await self._try(settings, message, prep, hop, candidates, decisions, tx)
+
+    async def _tls_decisions(self, hosts: list[str], domain: str,
+                             notlhosts: tuple[str, ...]) -> dict[str, tlsmod.HostTLS]:
+        """The TLS decision per host, from files read at most once per
+        :data:`TLS_FILES_SECONDS` for the same host and domain (a thread job saved
+        per delivery under load; a changed ``tlshosts/`` takes effect that late)."""
+        now = self.clock.seconds()
+        decisions: dict[str, tlsmod.HostTLS] = {}
+        missing = []
+        for host in hosts:
+            cached = self._tls_cache.get((host, domain, notlhosts))
+            if cached is not None and cached[0] > now:
+                decisions[host] = cached[1]
+            else:
+                missing.append(host)
+        if missing:
+            found = await self.run(_tls_decisions, self.certs, missing, domain, notlhosts)
+            if len(self._tls_cache) > MEMORY_LIMIT:
+                self._tls_cache.clear()
+            until = self.clock.seconds() + TLS_FILES_SECONDS
+            for host, decision in found.items():
+                self._tls_cache[(host, domain, notlhosts)] = (until, decision)
+            decisions.update(found)
+        return decisions
 
     def _penalty(self, hop: NextHop) -> tuple[int, int]:
         penalty = hop.penalty if hop.penalty is not None else _env_int(
@@ -439,7 +479,7 @@ class RemoteDeliveryAgent:
                     if isinstance(opened, SessionFailed):
                         return opened
                     proto, key = opened
-                done = await proto.transact(tx, message.path)
+                done = await proto.transact(tx, message.path, prep.info.wire)
                 if not done.answered and not done.reusable and not fresh:
                     proto = None             # a cached connection had died: once more, fresh
                     continue

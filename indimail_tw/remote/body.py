@@ -54,29 +54,42 @@ class MessageInfo:
     wire_size: int           # bytes of DATA content on the wire, without the terminator
     eight_bit: bool          # some byte >= 0x80
     utf8_header: bool        # the header section holds non-ASCII bytes
+    wire: bytes | None = None   # the whole DATA content + terminator, if kept
 
 
-def scan_message(path: str) -> MessageInfo:
-    """Read a message file once (blocking: call it in a thread)."""
+def scan_message(path: str, keep: int = 0) -> MessageInfo:
+    """Read a message file once (blocking: call it in a thread).
+
+    A message of at most ``keep`` bytes on the wire also comes back encoded
+    (``wire``): sending it then needs no more file reads.
+    """
     encoder = BodyEncoder()
     size = 0
     eight_bit = utf8_header = False
     in_header, first = True, True
     tail = b""                            # the end of the previous chunk
+    kept: list[bytes] | None = [] if keep > 0 else None
     with open(path, "rb") as f:
         while True:
             chunk = f.read(CHUNK)
             if not chunk:
                 break
-            size += len(encoder.feed(chunk))
+            encoded = encoder.feed(chunk)
+            size += len(encoded)
+            if kept is not None:
+                kept.append(encoded)
+                if size > keep:
+                    kept = None
             if not chunk.isascii():
                 eight_bit = True
             if in_header:
                 in_header, header_utf8 = _header_part(tail + chunk, first)
                 utf8_header = utf8_header or header_utf8
             tail, first = chunk[-2:], False
-    size += len(encoder.finish()) - 3     # the final ".\r\n" is not content
-    return MessageInfo(size, eight_bit, utf8_header)
+    end = encoder.finish()
+    size += len(end) - 3                  # the final ".\r\n" is not content
+    wire = b"".join(kept) + end if kept is not None and size <= keep else None
+    return MessageInfo(size, eight_bit, utf8_header, wire)
 
 
 def _header_part(data: bytes, first: bool) -> tuple[bool, bool]:

@@ -153,6 +153,7 @@ class SMTPClientProtocol(protocol.Protocol):
         self.peer = ""
         self._tx: defer.Deferred | None = None
         self._path = ""
+        self._wire: bytes | None = None
         self._body: BodySender | None = None
         self._timer: Any = None
         self._gone = False
@@ -164,10 +165,12 @@ class SMTPClientProtocol(protocol.Protocol):
         """Connected and Ready for another transaction."""
         return not self._gone and self.core.phase is Phase.READY
 
-    def transact(self, tx: Transaction, path: str) -> defer.Deferred:
-        """Deferred[TransactionDone] for one message read from ``path``."""
+    def transact(self, tx: Transaction, path: str, wire: bytes | None = None) -> defer.Deferred:
+        """Deferred[TransactionDone] for one message read from ``path`` (or sent as
+        ``wire``, the message already encoded for DATA with its terminator)."""
         d = self._tx = defer.Deferred()
         self._path = path
+        self._wire = wire
         self._handle(self.core.start(tx))
         return d
 
@@ -252,6 +255,12 @@ class SMTPClientProtocol(protocol.Protocol):
         self.transport.startTLS(options)
 
     def _send_body(self) -> None:
+        if self._wire is not None:
+            wire, self._wire = self._wire, None
+            self.transport.write(wire)
+            self._progress()
+            self._handle(self.core.body_sent())
+            return
         self._body = BodySender(self._path, self.transport, self.run, self._progress,
                                 self._body_done)
         self._body.start()

@@ -197,14 +197,24 @@ class TcpTo:
         if self._busy:
             return defer.succeed(None)
         d = self.run(read_if_changed, self.path, self._stamp)
-
-        def got(result: tuple[Stamp | None, Table] | None) -> None:
-            if result is not None and not self._busy:
-                self._stamp = result[0]
-                self._apply(result[1])
-
-        return d.addCallbacks(got, lambda f: log.error(
+        return d.addCallbacks(self.take, lambda f: log.error(
             "cannot read {path}: {error}", path=self.path, error=f.getErrorMessage()))
+
+    def read(self) -> tuple[Stamp | None, Table] | None | Exception:
+        """Blocking, for a thread that reads other files anyway: what :meth:`take`
+        wants (the file if it changed), or the error."""
+        try:
+            return read_if_changed(self.path, self._stamp)
+        except Exception as e:  # noqa: BLE001 -- reported on the reactor by take()
+            return e
+
+    def take(self, result: tuple[Stamp | None, Table] | None | Exception) -> None:
+        """On the reactor: apply what :meth:`read` (or :meth:`refresh`) found."""
+        if isinstance(result, Exception):
+            log.error("cannot read {path}: {error}", path=self.path, error=result)
+        elif result is not None and not self._busy:
+            self._stamp = result[0]
+            self._apply(result[1])
 
     def _apply(self, disk: Table) -> None:
         """The file's table plus our changes not written yet."""

@@ -66,3 +66,14 @@ def test_scan_header_split_over_chunks(tmp_path, monkeypatch):
     assert scan_message(str(path)).utf8_header
     path.write_bytes(b"\nno header \xe9\n")
     assert not scan_message(str(path)).utf8_header
+
+
+def test_scan_keeps_the_wire_form_of_a_small_message(tmp_path):
+    data = b"Subject: x\n\n.dot\n" + b"line\n" * 10_000
+    path = tmp_path / "m"
+    path.write_bytes(data)
+    info = scan_message(str(path), keep=1_000_000)
+    assert info.wire == encode(data)
+    assert info.wire_size == len(info.wire) - 3
+    assert scan_message(str(path), keep=1000).wire is None       # too big: read again later
+    assert scan_message(str(path)).wire is None

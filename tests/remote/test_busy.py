@@ -52,3 +52,54 @@ class BusyTests(unittest.TestCase):
         d = defer.Deferred()
         reactor.callLater(0.01, d.callback, None)
         return d
+
+
+class RoomHandoffTests(unittest.TestCase):
+    def test_room_goes_to_one_queue_at_a_time_taking_turns(self):
+        h = Harness()
+        self.addCleanup(h.close)
+        agent = h.agent(resolver=object())
+        calls: list[tuple[str, dict]] = []
+
+        def subscriber(name, takes):
+            def callback(domains):
+                calls.append((name, dict(domains)))
+                return {d: min(n, takes) for d, n in domains.items()}
+            return callback
+
+        agent.when_room(subscriber("q1", takes=1))
+        agent.when_room(subscriber("q2", takes=5))
+        agent._released_domains = {"a.example": 3}
+        agent._tell_room()
+        # q2 first this time: it takes all three, q1 hears nothing
+        self.assertEqual(calls, [("q2", {"a.example": 3})])
+        calls.clear()
+        agent._released_domains = {"a.example": 3}
+        agent._tell_room()
+        # q1's turn: it takes one, the other two go on to q2
+        self.assertEqual(calls, [("q1", {"a.example": 3}), ("q2", {"a.example": 2})])
+
+
+class BodyPathTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_large_messages_are_streamed_from_the_file_small_ones_sent_from_memory(self):
+        from indimail_tw.remote import agent as agent_module
+
+        h = Harness()
+        self.addCleanup(h.close)
+        peer = PeerFactory()
+        port = h.listen(peer)
+        h.write_control("smtproutes", f"remote.example:[127.0.0.1]:{port}\n")
+        h.reload()
+        agent = h.agent(resolver=object())
+        body = b"Subject: big\n\n" + b".starts with a dot\nplain line\n" * 4000
+        self.patch(agent_module, "INLINE_BODY", 1000)           # this one is streamed
+        (big,) = yield h.deliver(agent, h.message("a@remote.example", body=body))
+        self.patch(agent_module, "INLINE_BODY", 10_000_000)     # this one is not
+        (small,) = yield h.deliver(agent, h.message("b@remote.example", body=body))
+        self.assertTrue(big.is_ok and small.is_ok, (big, small))
+        expected = body.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")  # stuffed
+        self.assertEqual(len(peer.messages), 2)
+        self.assertTrue(all(m.body == expected for m in peer.messages))  # (no 100 KB diff)
