@@ -258,13 +258,15 @@ def file_rfc822_size(path: str) -> int:
     return total + extra
 
 
-def _measure_file(path: str, key: str) -> tuple[int, int, int] | None:
+def _measure_file(path: str, key: str, dir_fd: int | None = None
+                  ) -> tuple[int, int, int] | None:
     """(size, rfc822 size, mtime_ns) of a new file, None if it vanished meanwhile.
     The file is not read: the rfc822 size comes from ``,W=`` in the name, else it
-    is -1 (unknown) and computed when first needed (see ``_fill_sizes``)."""
-    size, vsize = _name_fields(key)
+    is -1 (unknown) and computed when first needed (see ``_with_sizes``).
+    ``dir_fd``: ``path`` is a name in that directory (no path walk per file)."""
+    size, vsize = _name_fields(key) if "," in key else (None, None)
     try:
-        st = os.stat(path)
+        st = os.stat(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     return (st.st_size if size is None else size), (-1 if vsize is None else vsize), \
@@ -275,6 +277,19 @@ def _settled(mtime_ns: int, now_ns: int) -> bool:
     """Is a directory mtime old enough that a later change must change it?"""
     window = _RECENT_NS if mtime_ns % 1_000_000 == 0 else _RECENT_FINE_NS
     return now_ns - mtime_ns >= window
+
+
+@contextlib.contextmanager
+def _subdir_fds(folder: str) -> Iterator[dict[str, int]]:
+    """Descriptors of ``new/`` and ``cur/`` (stat by name relative to them)."""
+    fds: dict[str, int] = {}
+    try:
+        for sub in ("new", "cur"):
+            fds[sub] = os.open(f"{folder}/{sub}", os.O_RDONLY | os.O_DIRECTORY)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def _dir_mtimes(folder: str) -> tuple[int, int]:
@@ -632,11 +647,12 @@ class FolderIndex:
         for (key,) in self._conn.execute("SELECT key FROM messages"):
             found.pop(key, None)
         measured = {}
-        while found:
-            key, (sub, info) = found.popitem()
-            size = _measure_file(os.path.join(self.path, sub, key + info), key)
-            if size is not None:
-                measured[key] = size
+        with _subdir_fds(self.path) as fds:
+            while found:
+                key, (sub, info) = found.popitem()
+                size = _measure_file(key + info, key, fds[sub])
+                if size is not None:
+                    measured[key] = size
         return measured
 
     def _scan_locked(self, force: bool = False,
@@ -677,14 +693,15 @@ class FolderIndex:
         vanished = [row for key, row in moved.items() if key not in found]
         renamed = [(row, found.pop(key)) for key, row in moved.items() if key in found]
         fresh = []
-        for key, (sub, info) in found.items():
-            size = measured.get(key) if measured else None
-            if size is None:
-                size = _measure_file(os.path.join(self.path, sub, key + info), key)
-            if size is not None:
-                fresh.append((size[2], key, sub, info, size[0], size[1]))
-            else:
-                known = None                    # vanished since the listing
+        with _subdir_fds(self.path) as fds:
+            for key, (sub, info) in found.items():
+                size = measured.get(key) if measured else None
+                if size is None:
+                    size = _measure_file(key + info, key, fds[sub])
+                if size is not None:
+                    fresh.append((size[2], key, sub, info, size[0], size[1]))
+                else:
+                    known = None                # vanished since the listing
         del found
         if measured:
             measured.clear()                    # the caller's dict: free it now
