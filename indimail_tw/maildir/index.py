@@ -626,9 +626,16 @@ class FolderIndex:
             # Inside the mtime window: nobody else committed since we last matched
             # the rows with the names, so equal names mean no change.
             if not (_settled(mtimes[0], now) and _settled(mtimes[1], now)):
-                listing = self._listing()
-                if listing == self._known:
-                    return mtimes
+                if meta[4] == mtimes[0] or meta[5] == mtimes[1]:
+                    # One directory is as the last scan stored it (settled then, so
+                    # unchanged since): list only the other one.
+                    j = 1 if meta[4] == mtimes[0] else 0
+                    if self._list(("new", "cur")[j]) == self._known[j]:
+                        return mtimes
+                else:
+                    listing = self._listing()
+                    if listing == self._known:
+                        return mtimes
         measured = self._measure_unlocked(meta[1], listing)
         with self._transaction():               # durable if it numbers files (_sync_wal)
             self._scan_locked(force, measured)
@@ -767,14 +774,14 @@ class FolderIndex:
         conn.executemany("DELETE FROM cache WHERE uid = ?", [(uid,) for uid in uids])
 
     def _listing(self) -> tuple[set[str], set[str]]:
-        result = []
-        for sub in ("new", "cur"):
-            try:
-                names = os.listdir(os.path.join(self.path, sub))
-            except FileNotFoundError:
-                names = []
-            result.append({name for name in names if name[:1] != "."})
-        return result[0], result[1]
+        return self._list("new"), self._list("cur")
+
+    def _list(self, sub: str) -> set[str]:
+        try:
+            names = os.listdir(f"{self.path}/{sub}")
+        except FileNotFoundError:
+            return set()
+        return {name for name in names if name[:1] != "."}
 
     @staticmethod
     def _by_key(new_names: set[str], cur_names: set[str]) -> dict[str, tuple[str, str]]:

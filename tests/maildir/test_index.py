@@ -846,3 +846,21 @@ def test_a_big_view_is_loaded_from_its_snapshot_plus_later_changes(maildir, mess
     assert again.flag_summary() == (2, {"$Work"})
     again._disconnect()
     reference._disconnect()
+
+
+def test_inside_the_window_only_the_changed_directory_is_listed(maildir, message, opened,
+                                                                monkeypatch):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    age_dirs(maildir)
+    ix.sync()                                   # stores both (old) mtimes
+    ix.append(b"Subject: own\n\nx\n")           # cur/ changes now
+    ix.sync()
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: calls.append(os.path.basename(p)) or real(p))
+    assert ix.sync() == Changes()
+    assert calls == ["cur"]
+    deliver(maildir, message)                   # new/ changes too: both listed, found
+    assert [r.uid for r in ix.sync().added] == [3]
+    assert "new" in calls
