@@ -368,7 +368,7 @@ def _keep_spare(index: FolderIndex) -> None:
 
 
 def close_spares() -> None:
-    """Close every spare index of this process (tests; before forking workers)."""
+    """Close every spare index of this process (tests; anything that must let the files go)."""
     with _spares_lock:
         spares = list(_spares.values())
         _spares.clear()
