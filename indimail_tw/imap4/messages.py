@@ -352,6 +352,8 @@ class MessageCommands:
                 candidates = [u for _s, u in sel.resolve(args.seqset, True)]
             except BadSequence as e:
                 return [*lines, _tagged(tag, "BAD", str(e))]
+        elif hasattr(index, "uids_with"):       # no step per message of the folder
+            candidates = [u for u in index.uids_with("\\Deleted") if sel.seq_of(u)]
         else:
             candidates = list(sel.uids)
         doomed = [u for u in candidates if "\\Deleted" in (index.flags(u) or ())]

@@ -1081,6 +1081,20 @@ class FolderIndex:
         until the next call that changes the view."""
         return self._uids, self._fids, self._fsets, self._modseqs
 
+    def uids_with(self, flag: str) -> list[int]:
+        """The view's uids whose flags include ``flag``, ascending (EXPUNGE's
+        \\Deleted): a C-speed search of the view for each flag set that has it."""
+        fids, uids = self._fids, self._uids
+        positions: list[int] = []
+        for fid, flags in enumerate(self._fsets):
+            if flag in flags:
+                i = -1
+                with contextlib.suppress(ValueError):
+                    while True:
+                        i = fids.index(fid, i + 1)
+                        positions.append(i)
+        return [uids[i] for i in sorted(positions)]
+
     def flag_summary(self, flag: str = "\\Seen") -> tuple[int, set[str]]:
         """(position in the view of the first message without ``flag`` or -1, the
         keywords of the view's messages): SELECT's UNSEEN and FLAGS without a Python

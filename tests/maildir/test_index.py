@@ -864,3 +864,16 @@ def test_inside_the_window_only_the_changed_directory_is_listed(maildir, message
     deliver(maildir, message)                   # new/ changes too: both listed, found
     assert [r.uid for r in ix.sync().added] == [3]
     assert "new" in calls
+
+
+def test_uids_with_a_flag(maildir, message, opened):
+    for _ in range(6):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    ix.store_flags(5, frozenset({"\\Deleted"}))
+    ix.store_flags(2, frozenset({"\\Deleted", "\\Seen"}))
+    ix.store_flags(3, SEEN)
+    ix.store_flags(6, frozenset({"\\Deleted"}))
+    assert ix.uids_with("\\Deleted") == [2, 5, 6]
+    assert ix.uids_with("\\Seen") == [2, 3]
+    assert ix.uids_with("$Nothing") == []
