@@ -71,6 +71,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -402,6 +403,9 @@ class FolderIndex:
         self._known_version = -1
         self._dirty = False                  # this object committed rows its view lacks
         self._wal_sync_due = False           # the open transaction gave out UIDs
+        self._guard = threading.RLock()      # held by each call that uses the connection
+        self._depth = 0
+        self._close_pending = False          # close() came while another thread was inside
         self._reset_view()
 
     def _reset_view(self) -> None:
@@ -536,7 +540,24 @@ class FolderIndex:
     def close(self) -> None:
         """Done with this object.  Its connection and view go to a small per-process
         pool of spares (:func:`_keep_spare`): the next :meth:`open` of the folder
-        syncs a spare instead of connecting and reading every row again."""
+        syncs a spare instead of connecting and reading every row again.
+
+        A close while another thread is inside a call (a session ending while its
+        command runs in the thread pool) happens when that call returns; later calls
+        find the index closed."""
+        if not self._guard.acquire(blocking=False):
+            self._close_pending = True
+            if not self._guard.acquire(blocking=False):
+                return                          # the thread inside will close it
+        try:
+            if self._depth and self._close_pending:
+                return                          # this thread is inside a call: on return
+            self._close_pending = False
+            self._close_now()
+        finally:
+            self._guard.release()
+
+    def _close_now(self) -> None:
         conn = self._conn
         if conn is None:
             return
@@ -545,6 +566,8 @@ class FolderIndex:
             return
         spare = FolderIndex.__new__(FolderIndex)
         spare.__dict__.update(self.__dict__)
+        spare._guard = threading.RLock()
+        spare._depth = 0
         self._conn = None                       # this object is closed and empty
         self._known = None
         self._reset_view()
@@ -1508,3 +1531,29 @@ class FolderIndex:
             if conn.execute("SELECT 1 FROM messages WHERE uid = ?", (uid,)).fetchone():
                 conn.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)",
                              (uid, key, bytes(blob)))
+
+
+def _guarded(method):
+    """Hold the index's guard during the call (see :meth:`FolderIndex.close`)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._guard:
+            self._depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._close_pending:
+                    self._close_pending = False
+                    self._close_now()
+
+    return call
+
+
+for _name in ("sync", "changed_since_last_sync", "recent_count", "status_counts", "records",
+              "record", "read", "store_many", "append", "copy_to", "expunge",
+              "vanished_since", "claim_recent", "peek_recent", "cache_get", "cache_get_many",
+              "cache_put"):
+    setattr(FolderIndex, _name, _guarded(getattr(FolderIndex, _name)))
+del _name

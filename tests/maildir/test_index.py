@@ -877,3 +877,33 @@ def test_uids_with_a_flag(maildir, message, opened):
     assert ix.uids_with("\\Deleted") == [2, 5, 6]
     assert ix.uids_with("\\Seen") == [2, 3]
     assert ix.uids_with("$Nothing") == []
+
+
+def test_close_while_another_thread_is_inside_a_call(maildir, message, monkeypatch):
+    import threading
+
+    index_module.close_spares()
+    deliver(maildir, message)
+    ix = FolderIndex.open(maildir)
+    inside, release = threading.Event(), threading.Event()
+    real = ix._path_of
+
+    def slow(uid):
+        inside.set()
+        release.wait(10)
+        return real(uid)
+
+    monkeypatch.setattr(ix, "_path_of", slow)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(ix.read(1)))
+    worker.start()
+    assert inside.wait(10)
+    ix.close()                                  # the worker is inside read(): later
+    assert ix._conn is not None and not index_module._spares
+    release.set()
+    worker.join(10)
+    assert result == [MESSAGE]
+    assert ix._conn is None and len(index_module._spares) == 1
+    with pytest.raises(ValueError):             # later calls find it closed
+        ix.expunge([1])
+    index_module.close_spares()
