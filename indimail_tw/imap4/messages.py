@@ -15,6 +15,7 @@ runs in a thread through ``self.run``.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from twisted.internet import defer
@@ -71,6 +72,14 @@ class IndexedMessage:
                  largest_seq: int, largest_uid: int) -> None:
         self.seq, self.uid, self.flags, self.recent = seq, uid, flags, recent
         self.modseq, self.largest_seq, self.largest_uid = modseq, largest_seq, largest_uid
+
+
+def _folder_path(folders: Any, name: str) -> str | None:
+    """The absolute directory of folder ``name``, None when it has none."""
+    try:
+        return os.path.abspath(folders.path(name))
+    except Exception:  # noqa: BLE001 -- a bad name: open_index reports it
+        return None
 
 
 class MessageCommands:
@@ -389,7 +398,16 @@ class MessageCommands:
         flags = frozenset(f for f in args.flags if f != "\\Recent")
         date = args.date
 
+        sel = getattr(self, "selected", None)
+        own = getattr(sel.index, "path", None) if sel is not None else None
+
         def work():
+            # Into the selected mailbox: through its own index (no second connection
+            # whose commit would make the session's next poll rescan the folder).
+            if own is not None and not sel.closed and own == _folder_path(folders,
+                                                                          args.mailbox):
+                rec = sel.index.append(data, flags, date)
+                return sel.index.uidvalidity, rec.uid
             target = folders.open_index(args.mailbox)
             try:
                 rec = target.append(data, flags, date)

@@ -372,3 +372,18 @@ def test_unexpected_errors_become_no(h, monkeypatch):
     monkeypatch.setattr(mime, "parse", boom)
     assert h.command("a FETCH 1 ENVELOPE") == [
         b"a NO [SERVERBUG] FETCH failed: internal error\r\n"]
+
+
+def test_append_into_the_selected_mailbox_uses_its_index(h, monkeypatch):
+    h.deliver(b"Subject: one\n\nbody\n")
+    h.select()
+    opened = []
+    real = type(h.folders).open_index
+    monkeypatch.setattr(type(h.folders), "open_index", lambda self, name, **kw: (
+        opened.append(name) or real(self, name, **kw)))
+    lines = h.command(b'a1 APPEND INBOX (\\Seen) {11}\r\nSubject: x\n')
+    assert opened == []
+    assert b"* 2 EXISTS\r\n" in lines and b"APPENDUID" in lines[-1]
+    h.create("Other")
+    h.command(b"a2 APPEND Other {11}\r\nSubject: y\n")
+    assert opened == ["Other"]
