@@ -23,7 +23,8 @@ For each ``deliver(message, recipient)``:
    words (``diagnostic`` ``smtp; ...``, ``remote_mta`` ``dns; host``).
 
 Environment: ``MIN_PENALTY``, ``MAX_TOLERANCE`` (tcpto), ``TRY_NEXT_MX_HELO_FAIL``,
-``SECURE_AUTH``, ``AUTH_SMTP``, ``MORESMTPROUTESCDB``, ``CLIENTCERT``.
+``SECURE_AUTH``, ``AUTH_SMTP``, ``MORESMTPROUTESCDB``, ``CLIENTCERT``, ``DNSCACHEIP``
+(djbdns: the DNS caches to ask, see :func:`dnscache_servers`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from indimail_tw.delivery.result import TEMPORARY, DeliveryResult
+from indimail_tw.errors import ConfigError
 from indimail_tw.interfaces import IDeliveryAgent
 from indimail_tw.remote import tls as tlsmod
 from indimail_tw.remote.addresses import domain_of
@@ -570,7 +572,9 @@ class RemoteDeliveryAgent:
 
 def system_resolver(reactor: Any, servers: Sequence[tuple[str, int]] | None = None) -> Any:
     """The resolver of a running server: ``/etc/hosts``, a cache, then the name servers
-    of ``/etc/resolv.conf``, all on ``reactor``; with ``servers``, just those.
+    of ``/etc/resolv.conf``, all on ``reactor``; with ``servers`` (``DNSCACHEIP``, or
+    ``dns_servers`` given by a test), a cache and just those servers, no ``/etc/hosts``
+    (djbdns's resolver never reads it either).
 
     What ``twisted.names.client.createResolver`` builds, except that it takes the
     reactor to use (createResolver always uses the global one).
@@ -578,10 +582,39 @@ def system_resolver(reactor: Any, servers: Sequence[tuple[str, int]] | None = No
     from twisted.names import cache, client, hosts, resolve
 
     if servers:
-        return client.Resolver(servers=list(servers), reactor=reactor)
+        return resolve.ResolverChain([cache.CacheResolver(reactor=reactor),
+                                      client.Resolver(servers=list(servers), reactor=reactor)])
     dns = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
     return resolve.ResolverChain([hosts.Resolver(file=b"/etc/hosts"),
                                   cache.CacheResolver(reactor=reactor), dns])
+
+
+DNS_PORT = 53
+_DNSCACHEIP_SPLIT = re.compile(r"[\s,]+")
+
+
+def dnscache_servers(environ: Mapping[str, str]) -> list[tuple[str, int]] | None:
+    """djbdns's ``DNSCACHEIP``: the DNS caches to ask (port 53) instead of
+    ``/etc/resolv.conf``, as ``[(ip, 53), ...]`` in the given order; ``None`` when the
+    variable is unset or blank (djbdns then reads resolv.conf too).
+
+    IPv4 and IPv6 addresses, separated by spaces and/or commas; anything that is not
+    an address raises :class:`ConfigError` naming the variable and the bad item.
+    """
+    value = environ.get("DNSCACHEIP") or ""
+    items = [item for item in _DNSCACHEIP_SPLIT.split(value) if item]
+    if not items:
+        return None
+    servers: list[tuple[str, int]] = []
+    for item in items:
+        try:
+            address = ipaddress.ip_address(item).compressed
+        except ValueError:
+            raise ConfigError(f"environment variable DNSCACHEIP: not an IPv4 or IPv6 "
+                              f"address: {item!r} (in {value!r})") from None
+        if (address, DNS_PORT) not in servers:
+            servers.append((address, DNS_PORT))
+    return servers
 
 
 def _tls_decisions(certs: str, hosts: list[str], domain: str,
@@ -603,6 +636,17 @@ def build_remote_agent(context: Any, **kw: Any) -> RemoteDeliveryAgent:
     reactor = context.reactor
     if reactor is None:
         from twisted.internet import reactor
+    if kw.get("resolver") is None and not kw.get("dns_servers"):
+        try:
+            servers = dnscache_servers(context.environ)
+        except ConfigError as e:
+            # build_remote_agent runs while twistd builds the service: a clean exit with
+            # one line on stderr, as makeService does for a bad control file
+            raise SystemExit(f"indimail: cannot start: {e}") from None
+        if servers:
+            log.info("DNS: asking {servers} (DNSCACHEIP), not /etc/resolv.conf",
+                     servers=" ".join(ip for ip, _port in servers))
+            kw["dns_servers"] = servers
     settings = context.config.current
     queue_base = settings.queue_base or context.paths.queue
     return RemoteDeliveryAgent(context.config, certs=context.paths.certs,
