@@ -13,6 +13,7 @@ import datetime
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import ssl
@@ -137,3 +138,34 @@ def implicit_tls_description(description: str) -> str | None:
     if keys & _TLS_MATERIAL:
         return None
     return "tcp:" + rest
+
+
+@dataclass(frozen=True)
+class ListenerTLS:
+    """How one listener does TLS (see :func:`listener_tls`)."""
+
+    reactor: Any
+    description: str                # what to listen on
+    implicit: bool                  # TLS from the first byte (smtps, pop3s, imaps)
+    tls_on_connect: bool            # ...started by the protocol itself (``ssl:`` became ``tcp:``)
+    certificate: CertificateSource
+
+
+def listener_tls(context: Any, spec: Any, description: str, implicit_name: str) -> ListenerTLS:
+    """The TLS side of a listener, the same for every protocol: an ``ssl:``
+    description without TLS material becomes ``tcp:`` and the protocol starts TLS
+    itself with ``certs/servercert.pem`` (``SERVERCERT``), re-read when it changes;
+    a missing certificate is logged (connections are refused until it exists)."""
+    reactor = context.reactor
+    if reactor is None:
+        from twisted.internet import reactor
+    cert = certificate_path(context)
+    implicit = spec.name == implicit_name or description.split(":", 1)[0] == "ssl"
+    tcp = implicit_tls_description(description) if implicit else None
+    if tcp is not None:
+        description = tcp
+        if not os.path.exists(cert):
+            log.error("--{name}: TLS certificate {cert} does not exist: connections are "
+                      "refused until it does", name=spec.name, cert=cert)
+    return ListenerTLS(reactor, description, implicit, tcp is not None,
+                       CertificateSource(cert, reactor.seconds))

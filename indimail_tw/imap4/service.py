@@ -20,7 +20,6 @@ connection gets ``* BYE`` and is closed.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application import strports
@@ -36,7 +35,7 @@ from indimail_tw.policy.base import Client
 from indimail_tw.policy.limits import ConnectionLimiter, max_connections, max_per_ip
 from indimail_tw.policy.tcprules import Action, RulesFile
 from indimail_tw.smtp.service import reverse_dns, tcp_environ
-from indimail_tw.tlsutil import CertificateSource, certificate_path, implicit_tls_description
+from indimail_tw.tlsutil import listener_tls
 
 log = Logger()
 
@@ -160,19 +159,10 @@ def build(context: Any, spec: Any, description: str) -> Any:
 def listener(context: Any, spec: Any, description: str) -> tuple[IMAPFactory, str]:
     """The factory and the endpoint to listen on (``ssl:`` without TLS material becomes
     ``tcp:`` and the protocol starts TLS itself)."""
-    reactor = context.reactor
-    if reactor is None:
-        from twisted.internet import reactor
-    cert = certificate_path(context)
-    implicit = spec.name == "imaps" or description.split(":", 1)[0] == "ssl"
-    tcp = implicit_tls_description(description) if implicit else None
-    if tcp is not None:
-        description = tcp
-        if not os.path.exists(cert):
-            log.error("--{name}: TLS certificate {cert} does not exist: connections are "
-                      "refused until it does", name=spec.name, cert=cert)
+    tls = listener_tls(context, spec, description, "imaps")
     factory = IMAPFactory(
-        context, implicit_tls=implicit, tls_on_connect=tcp is not None,
-        certificate=CertificateSource(cert, reactor.seconds),
-        rules=RulesFile(context.paths.tcp, "tcp.imap", now=reactor.seconds), clock=reactor)
-    return factory, description
+        context, implicit_tls=tls.implicit, tls_on_connect=tls.tls_on_connect,
+        certificate=tls.certificate,
+        rules=RulesFile(context.paths.tcp, "tcp.imap", now=tls.reactor.seconds),
+        clock=tls.reactor)
+    return factory, tls.description

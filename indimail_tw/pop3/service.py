@@ -21,7 +21,6 @@ IndiMail's post-login tasks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -39,15 +38,8 @@ from indimail_tw.pop3.replies import Response, err
 from indimail_tw.pop3.replies import TOO_MANY_CONNECTIONS, INTERNAL_ERROR
 from indimail_tw.pop3.session import POP3Session
 
-try:                                   # the shared TLS helpers may move to tlsutil
-    from indimail_tw.tlsutil import (  # type: ignore[attr-defined]
-        CertificateSource, certificate_path, implicit_tls_description,
-    )
-except ImportError:
-    from indimail_tw.smtp.service import (
-        CertificateSource, certificate_path, implicit_tls_description,
-    )
 from indimail_tw.smtp.service import tcp_environ
+from indimail_tw.tlsutil import listener_tls
 
 log = Logger()
 
@@ -146,20 +138,10 @@ def build(context: Any, spec: Any, description: str) -> Any:
 def listener(context: Any, spec: Any, description: str) -> tuple[POP3Factory, str]:
     """The factory for ``spec`` and the endpoint description to listen on: ``ssl:``
     without TLS material becomes ``tcp:`` (the protocol starts TLS itself)."""
-    reactor = context.reactor
-    if reactor is None:
-        from twisted.internet import reactor
-    cert = certificate_path(context)
-    implicit = spec.name == "pop3s" or description.split(":", 1)[0] == "ssl"
-    tcp = implicit_tls_description(description) if implicit else None
-    if tcp is not None:
-        description = tcp
-        if not os.path.exists(cert):
-            log.error("--{name}: TLS certificate {cert} does not exist: connections are "
-                      "refused until it does", name=spec.name, cert=cert)
+    tls = listener_tls(context, spec, description, "pop3s")
     factory = POP3Factory(
-        context, spec.name, implicit_tls=implicit, tls_on_connect=tcp is not None,
-        certificate=CertificateSource(cert, reactor.seconds),
-        rules=RulesFile(context.paths.tcp, "tcp.pop3", now=reactor.seconds),
-        clock=reactor)
-    return factory, description
+        context, spec.name, implicit_tls=tls.implicit, tls_on_connect=tls.tls_on_connect,
+        certificate=tls.certificate,
+        rules=RulesFile(context.paths.tcp, "tcp.pop3", now=tls.reactor.seconds),
+        clock=tls.reactor)
+    return factory, tls.description

@@ -23,7 +23,6 @@ one with ``privateKey=`` etc. is used as Twisted parses it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +40,8 @@ from indimail_tw.smtp.protocol import SMTPServerProtocol
 from indimail_tw.smtp.replies import Response
 from indimail_tw.smtp.session import SMTPSession
 from indimail_tw.tlsutil import (  # noqa: F401 -- CertificateSource and load_certificate
-    CertificateSource, certificate_path, implicit_tls_description, load_certificate,
+    CertificateSource, certificate_path, implicit_tls_description, listener_tls,
+    load_certificate,
 )  # are also imported from here
 
 log = Logger()
@@ -221,20 +221,10 @@ def build(context: Any, spec: Any, description: str) -> Any:
 def listener(context: Any, spec: Any, description: str) -> tuple[SMTPFactory, str]:
     """The factory for ``spec`` and the endpoint description to listen on: ``ssl:``
     without TLS material becomes ``tcp:`` (the protocol starts TLS itself)."""
-    reactor = context.reactor
-    if reactor is None:
-        from twisted.internet import reactor
-    cert = certificate_path(context)
-    implicit = spec.name == "smtps" or description.split(":", 1)[0] == "ssl"
-    tcp = implicit_tls_description(description) if implicit else None
-    if tcp is not None:
-        description = tcp
-        if not os.path.exists(cert):
-            log.error("--{name}: TLS certificate {cert} does not exist: connections are "
-                      "refused until it does", name=spec.name, cert=cert)
+    tls = listener_tls(context, spec, description, "smtps")
     factory = SMTPFactory(
-        context, spec.name, implicit_tls=implicit, tls_on_connect=tcp is not None,
-        certificate=CertificateSource(cert, reactor.seconds),
-        rules=RulesFile(context.paths.tcp, "tcp.smtp", now=reactor.seconds),
-        clock=reactor)
-    return factory, description
+        context, spec.name, implicit_tls=tls.implicit, tls_on_connect=tls.tls_on_connect,
+        certificate=tls.certificate,
+        rules=RulesFile(context.paths.tcp, "tcp.smtp", now=tls.reactor.seconds),
+        clock=tls.reactor)
+    return factory, tls.description
