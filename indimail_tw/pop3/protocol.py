@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from indimail_tw.lineserver import LineServerMixin
 from indimail_tw.pop3.parser import MessageEncoder, POP3Parser
 from indimail_tw.pop3.replies import INTERNAL_ERROR, MessageBody, Response, err
 from indimail_tw.pop3.session import POP3Session
@@ -125,8 +126,11 @@ class _MessageStream:
                 self.file.close()
 
 
-class POP3ServerProtocol(protocol.Protocol):
+class POP3ServerProtocol(LineServerMixin, protocol.Protocol):
     """One POP3 connection; the factory builds its session (see ``service.POP3Factory``)."""
+
+    high_water, low_water = HIGH_WATER, LOW_WATER
+    starttls_command = "STLS"
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -296,49 +300,13 @@ class POP3ServerProtocol(protocol.Protocol):
         self.transport.unregisterProducer()
         self._close()
 
-    def _close(self) -> None:
-        self._closing = True
-        self.parser.close()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self.transport.loseConnection()
-
-    def _flow(self) -> None:
-        buffered = self.parser.buffered
-        if not self._paused and buffered > HIGH_WATER and not self._closing:
-            self._paused = True
-            self.transport.pauseProducing()
-        elif self._paused and (buffered < LOW_WATER or self._closing):
-            self._paused = False
-            self.transport.resumeProducing()
-
     # -- TLS -------------------------------------------------------------------------------------
 
     def _start_tls(self) -> None:
         self._socket = None              # from now on every byte goes through TLS
-        dropped = self.parser.discard_buffered()
-        if dropped:
-            log.warn("discarded {n} bytes pipelined after STLS from {ip}", n=dropped,
-                     ip=self.client.remote_ip if self.client else "")
-        try:
-            self.transport.startTLS(self.factory.tls_options())
-        except Exception:  # noqa: BLE001
-            log.failure("STLS failed")
-            self._close()
-            return
-        if self.session is not None:
-            self.session.tls_started()
+        LineServerMixin._start_tls(self)
 
     # -- idle timeout ----------------------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        if self.session is None or self._closing:
-            return
-        timeout = self.session.config.timeout
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(timeout)
-        else:
-            self._timer = self.factory.clock.callLater(timeout, self._timed_out)
 
     def _timed_out(self) -> None:
         if self._closing or self.session is None:

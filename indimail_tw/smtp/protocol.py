@@ -33,6 +33,7 @@ from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from indimail_tw.lineserver import LineServerMixin
 from indimail_tw.policy.base import Client
 from indimail_tw.smtp.parser import SMTPParser
 from indimail_tw.smtp.replies import Response
@@ -63,8 +64,10 @@ def no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
-class SMTPServerProtocol(protocol.Protocol):
+class SMTPServerProtocol(LineServerMixin, protocol.Protocol):
     """One SMTP connection; the factory builds its session (see ``service.SMTPFactory``)."""
+
+    high_water, low_water = HIGH_WATER, LOW_WATER
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
@@ -219,37 +222,7 @@ class SMTPServerProtocol(protocol.Protocol):
             out, self._out = self._out, []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _close(self) -> None:
-        self._closing = True
-        self.parser.close()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self.transport.loseConnection()
-
-    def _flow(self) -> None:
-        buffered = self.parser.buffered
-        if not self._paused and buffered > HIGH_WATER and not self._closing:
-            self._paused = True
-            self.transport.pauseProducing()
-        elif self._paused and (buffered < LOW_WATER or self._closing):
-            self._paused = False
-            self.transport.resumeProducing()
-
     # -- TLS -------------------------------------------------------------------------------------
-
-    def _start_tls(self) -> None:
-        dropped = self.parser.discard_buffered()
-        if dropped:
-            log.warn("discarded {n} bytes pipelined after STARTTLS from {ip}", n=dropped,
-                     ip=self.client.remote_ip if self.client else "")
-        try:
-            self.transport.startTLS(self.factory.tls_options())
-        except Exception:  # noqa: BLE001
-            log.failure("STARTTLS failed")
-            self._close()
-            return
-        if self.session is not None:
-            self.session.tls_started()
 
     def tls_details(self) -> tuple[str, str] | None:
         """(protocol version, cipher) of the TLS connection, when there is one."""
@@ -266,15 +239,6 @@ class SMTPServerProtocol(protocol.Protocol):
         return version, cipher
 
     # -- idle timeout ----------------------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        if self.session is None or self._closing:
-            return
-        timeout = self.session.config.timeout
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(timeout)
-        else:
-            self._timer = self.factory.clock.callLater(timeout, self._timed_out)
 
     def _timed_out(self) -> None:
         if self._closing or self.session is None:

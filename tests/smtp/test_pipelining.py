@@ -103,8 +103,8 @@ def test_delayed_commit_and_next_transaction(site):
 
 
 def test_busy_session_pauses_the_transport(site, monkeypatch):
-    monkeypatch.setattr(smtp_protocol, "HIGH_WATER", 1000)
-    monkeypatch.setattr(smtp_protocol, "LOW_WATER", 100)
+    monkeypatch.setattr(smtp_protocol.SMTPServerProtocol, "high_water", 1000)
+    monkeypatch.setattr(smtp_protocol.SMTPServerProtocol, "low_water", 100)
     conn = Conn(make_factory(site))
     ehlo(conn)
     site.store.delay = []

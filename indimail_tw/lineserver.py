@@ -1,0 +1,78 @@
+"""What the line-based server protocols (SMTP, POP3) share: closing, input flow
+control, starting TLS after STARTTLS/STLS and the idle timer.
+
+A mixin of a Twisted ``Protocol`` that has ``parser`` (with ``buffered``,
+``close()`` and ``discard_buffered()``), ``factory`` (``clock``,
+``tls_options()``), ``session`` (``config.timeout``, ``tls_started()``),
+``client``, ``_timer``, ``_closing``, ``_paused`` and a ``_timed_out()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class LineServerMixin:
+    transport: Any
+    parser: Any
+    factory: Any
+    session: Any
+    client: Any
+    _timer: Any
+    _closing: bool
+    _paused: bool
+
+    #: pause reading when this many bytes wait for the session; resume below the low mark
+    high_water = 64 * 1024
+    low_water = 16 * 1024
+    #: the command's name, for the log
+    starttls_command = "STARTTLS"
+
+    def _close(self) -> None:
+        self._closing = True
+        self.parser.close()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.transport.loseConnection()
+
+    def _flow(self) -> None:
+        buffered = self.parser.buffered
+        if not self._paused and buffered > self.high_water and not self._closing:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif self._paused and (buffered < self.low_water or self._closing):
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _start_tls(self) -> None:
+        """Start TLS; whatever the client pipelined after the command is discarded
+        (the plaintext-injection class of bugs)."""
+        dropped = self.parser.discard_buffered()
+        if dropped:
+            log.warn("discarded {n} bytes pipelined after {command} from {ip}", n=dropped,
+                     command=self.starttls_command,
+                     ip=self.client.remote_ip if self.client else "")
+        try:
+            self.transport.startTLS(self.factory.tls_options())
+        except Exception:  # noqa: BLE001
+            log.failure("{command} failed", command=self.starttls_command)
+            self._close()
+            return
+        if self.session is not None:
+            self.session.tls_started()
+
+    def _arm_timer(self) -> None:
+        if self.session is None or self._closing:
+            return
+        timeout = self.session.config.timeout
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(timeout)
+        else:
+            self._timer = self.factory.clock.callLater(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        raise NotImplementedError
