@@ -31,10 +31,11 @@ from indimail_tw.imap4.config import IMAPConfig
 from indimail_tw.imap4.protocol import IMAPServerProtocol
 from indimail_tw.imap4.session import IMAPSession
 from indimail_tw.maildir import index as mindex
+from indimail_tw.policy.admission import admit
 from indimail_tw.policy.base import Client
-from indimail_tw.policy.limits import ConnectionLimiter, max_connections, max_per_ip
-from indimail_tw.policy.tcprules import Action, RulesFile
-from indimail_tw.smtp.service import reverse_dns, tcp_environ
+from indimail_tw.policy.limits import ConnectionLimiter
+from indimail_tw.policy.tcprules import RulesFile
+from indimail_tw.smtp.service import reverse_dns
 from indimail_tw.tlsutil import listener_tls
 
 log = Logger()
@@ -107,20 +108,13 @@ class IMAPFactory(protocol.Factory):
 
     def _admit(self, proto: IMAPServerProtocol, client: Client, settings: Any,
                rules: Any) -> Any:
-        found = rules.match(client.remote_ip, client.remote_host) if rules is not None else None
-        action = found[1] if found else Action()
-        if not action.allow:
-            log.info("IMAP connection from {ip} denied by rule {rule!r}", ip=client.remote_ip,
-                     rule=found[0] if found else "")
+        decision = admit("IMAP", rules, self.context.environ, client, self.limiter,
+                         self._concurrency_control(settings))
+        if decision.denied:
             return DENIED
-        env = action.environ({**self.context.environ, **tcp_environ(client)})
-        refused = self.limiter.admit(
-            client.remote_ip, max_connections(env, self._concurrency_control(settings)),
-            max_per_ip(env))
-        if refused is not None:
-            log.info("IMAP connection from {ip} refused: {why}", ip=client.remote_ip,
-                     why=refused.text)
+        if decision.refused is not None:
             return [b"* BYE Too many connections, try again later\r\n"]
+        env = decision.env
         proto.admitted = True
         try:
             settings = settings.with_environ(env)

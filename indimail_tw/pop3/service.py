@@ -29,16 +29,16 @@ from twisted.internet import defer, protocol, threads
 from twisted.logger import Logger
 
 from indimail_tw.errors import ConfigError
+from indimail_tw.policy.admission import admit
 from indimail_tw.policy.base import Client
-from indimail_tw.policy.limits import ConnectionLimiter, max_connections, max_per_ip
-from indimail_tw.policy.tcprules import Action, RulesFile
+from indimail_tw.policy.limits import ConnectionLimiter
+from indimail_tw.policy.tcprules import RulesFile
 from indimail_tw.pop3.config import POP3Config
 from indimail_tw.pop3.protocol import POP3ServerProtocol
 from indimail_tw.pop3.replies import Response, err
 from indimail_tw.pop3.replies import TOO_MANY_CONNECTIONS, INTERNAL_ERROR
 from indimail_tw.pop3.session import POP3Session
 
-from indimail_tw.smtp.service import tcp_environ
 from indimail_tw.tlsutil import listener_tls
 
 log = Logger()
@@ -99,19 +99,12 @@ class POP3Factory(protocol.Factory):
         settings = self.context.config.current
         rules = self.rules.current() if self.rules is not None else None
         # host names in tcp.pop3 rules are not looked up: POP3 rules are by address
-        found = rules.match(client.remote_ip, None) if rules is not None else None
-        action = found[1] if found else Action()
-        if not action.allow:
-            log.info("POP3 connection from {ip} denied by rule {rule!r}", ip=client.remote_ip,
-                     rule=found[0] if found else "")
+        decision = admit("POP3", rules, self.context.environ, client, self.limiter)
+        if decision.denied:
             return DENIED
-        env = action.environ({**self.context.environ, **tcp_environ(client)})
-        refused = self.limiter.admit(client.remote_ip, max_connections(env, None),
-                                     max_per_ip(env))
-        if refused is not None:
-            log.info("POP3 connection from {ip} refused: {why}", ip=client.remote_ip,
-                     why=refused.text)
+        if decision.refused is not None:
             return err(TOO_MANY_CONNECTIONS, close=True)
+        env = decision.env
         proto.admitted = True
         try:
             settings = settings.with_environ(env)

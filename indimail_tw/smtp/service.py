@@ -32,9 +32,10 @@ from twisted.logger import Logger
 
 from indimail_tw.errors import ConfigError
 from indimail_tw.policy import default_policy
+from indimail_tw.policy.admission import admit, tcp_environ  # noqa: F401 -- re-exported
 from indimail_tw.policy.base import Client, SessionContext, SMTPPolicy
-from indimail_tw.policy.limits import ConnectionLimiter, max_connections, max_per_ip
-from indimail_tw.policy.tcprules import Action, RulesFile
+from indimail_tw.policy.limits import ConnectionLimiter
+from indimail_tw.policy.tcprules import RulesFile
 from indimail_tw.smtp.config import SessionConfig
 from indimail_tw.smtp.protocol import SMTPServerProtocol
 from indimail_tw.smtp.replies import Response
@@ -49,16 +50,6 @@ log = Logger()
 SERVICES = {"smtp", "submission", "smtps"}
 TEMPORARY = Response(b"421 4.3.0 temporary failure, try again later\r\n", close=True)
 DENIED = Response(b"", close=True)
-
-
-def tcp_environ(client: Client) -> dict[str, str]:
-    """tcpserver's environment for a connection (tcp-environ(5))."""
-    env = {"PROTO": "TCP6" if ":" in client.remote_ip else "TCP",
-           "TCPREMOTEIP": client.remote_ip, "TCPREMOTEPORT": str(client.remote_port),
-           "TCPLOCALIP": client.local_ip, "TCPLOCALPORT": str(client.local_port)}
-    if client.remote_host:
-        env["TCPREMOTEHOST"] = client.remote_host
-    return env
 
 
 def reverse_dns(ip: str, timeout: float = 5.0) -> defer.Deferred:
@@ -178,20 +169,13 @@ class SMTPFactory(protocol.Factory):
 
     def _admit(self, proto: SMTPServerProtocol, client: Client, settings: Any,
                rules: Any) -> SMTPSession | Response:
-        found = rules.match(client.remote_ip, client.remote_host) if rules is not None else None
-        action = found[1] if found else Action()
-        if not action.allow:
-            log.info("connection from {ip} denied by rule {rule!r}", ip=client.remote_ip,
-                     rule=found[0] if found else "")
+        decision = admit("SMTP", rules, self.context.environ, client, self.limiter,
+                         self._concurrency_control(settings))
+        if decision.denied:
             return DENIED
-        env = action.environ({**self.context.environ, **tcp_environ(client)})
-        refused = self.limiter.admit(
-            client.remote_ip, max_connections(env, self._concurrency_control(settings)),
-            max_per_ip(env))
-        if refused is not None:
-            log.info("connection from {ip} refused: {why}", ip=client.remote_ip,
-                     why=refused.text)
-            return Response(refused.smtp(), close=True)
+        if decision.refused is not None:
+            return Response(decision.refused.smtp(), close=True)
+        env = decision.env
         proto.admitted = True
         try:
             settings = settings.with_environ(env)
