@@ -143,6 +143,8 @@ class RemoteDeliveryAgent:
         self.slots = HostSlots(lambda: self.per_host)
         self.cache = ConnectionCache(self.clock, idle)
         self._batches: dict[tuple[str, str], _Batch] = {}
+        self._new_batches: list[tuple[tuple[str, str], _Batch]] = []   # to start next turn
+        self._batch_call: Any = None
         self._seq = itertools.count(1)
         self._failed_at: dict[str, int] = {}        # ip -> sequence number of its failure
         self._tls_broken: dict[str, float] = {}     # ip -> until when we skip STARTTLS
@@ -176,7 +178,9 @@ class RemoteDeliveryAgent:
         batch = self._batches.get(key)
         if batch is None or len(batch.items) >= MAX_RCPTS:
             batch = self._batches[key] = _Batch(message)
-            self.clock.callLater(0, self._run_batch, key, batch)
+            self._new_batches.append((key, batch))
+            if self._batch_call is None:       # one timer per reactor turn, not per batch
+                self._batch_call = self.clock.callLater(0, self._run_batches)
         batch.items.append((recipient, d))
         return d.addBoth(self._admitted_done, name)
 
@@ -261,6 +265,12 @@ class RemoteDeliveryAgent:
 
     # -- one batch -------------------------------------------------------------------------------
 
+    def _run_batches(self) -> None:
+        self._batch_call = None
+        new, self._new_batches = self._new_batches, []
+        for key, batch in new:
+            self._run_batch(key, batch)
+
     def _run_batch(self, key: tuple[str, str], batch: _Batch) -> None:
         if self._batches.get(key) is batch:
             del self._batches[key]
@@ -303,6 +313,9 @@ class RemoteDeliveryAgent:
             hop = next_hop(domain, route, self.environ, origin, prep.remote_auth, sender,
                            recipients[i].address)
             groups.setdefault(hop.key, (hop, []))[1].append(i)
+        if len(groups) == 1:             # the usual case: no gathering of one result
+            ((hop, _indices),) = groups.values()
+            return await self._deliver_group(settings, message, prep, domain, hop, recipients)
         results: list[DeliveryResult | None] = [None] * len(recipients)
         work = [defer.Deferred.fromCoroutine(self._deliver_group(
             settings, message, prep, domain, hop, [recipients[i] for i in indices]))

@@ -75,9 +75,7 @@ def is_null_sender(sender: str) -> bool:
 
 def find_route(routes: Sequence[SmtpRoute], domain: str, sender: str) -> SmtpRoute | None:
     """The smtproutes entry for ``domain`` (None: no entry, use MX)."""
-    by_key: dict[str, SmtpRoute] = {}
-    for route in routes:
-        by_key.setdefault(route.domain.lower(), route)
+    by_key = _route_index(routes)
     keys = [NULL_SENDER_KEY] if is_null_sender(sender) else []
     host = domain.lower()
     keys.append(host)
@@ -87,6 +85,25 @@ def find_route(routes: Sequence[SmtpRoute], domain: str, sender: str) -> SmtpRou
         if key in by_key:
             return by_key[key]
     return None
+
+
+_index_cache: tuple[Any, dict[str, SmtpRoute]] = ((), {})
+
+
+def _route_index(routes: Sequence[SmtpRoute]) -> dict[str, SmtpRoute]:
+    """``routes`` by lowercased domain (the first entry wins).  The settings' routes
+    are a tuple replaced, never changed, on reload: the index of the last tuple is
+    kept (one per message otherwise, on the reactor thread, for every delivery)."""
+    global _index_cache
+    cached, by_key = _index_cache
+    if cached is routes:
+        return by_key
+    by_key = {}
+    for route in routes:
+        by_key.setdefault(route.domain.lower(), route)
+    if isinstance(routes, tuple):
+        _index_cache = (routes, by_key)
+    return by_key
 
 
 def next_hop(domain: str, route: SmtpRoute | None, environ: Mapping[str, str],
