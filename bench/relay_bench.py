@@ -17,14 +17,16 @@ domains are 10 destinations: one ``smtp-sink`` per domain on 127.0.0.11 ..
   ``defer_transports =``, ``postfix reload``, ``postqueue -f``.
 
 Concurrency, the same for both: at most 10 connections per destination
-(Postfix's ``default_destination_concurrency_limit``, our ``concurrencyperhost``),
+(Postfix's ``default_destination_concurrency_limit``, our ``concurrencyperhost``,
+divided among the processes with ``--workers N``),
 so at most 100 at once (also Postfix's ``default_process_limit`` and our
 ``concurrencyremote``, which is per queue).  Postfix's other settings are its
 defaults (connection caching on demand, slow start); ours are ours (10 queues).
 
 Run as root from the repository root (Postfix needs it; apt-get install postfix):
     .venv/bin/python bench/relay_bench.py --rounds 3
-    OUR_ARGS="--workers 2" ...          (options for 'twistd indimail')
+    .venv/bin/python bench/relay_bench.py --our-args="--workers 2"   (options for
+        'twistd indimail'; the environment variable OUR_ARGS does the same)
     TWISTD_ARGS="--profile=/tmp/p --profiler=cprofile --savestats" ... --only ours
 Prints one JSON line per round and side, the ratio of each round and the median.
 Talks only to loopback.  A benchmark, not a test.
@@ -174,8 +176,19 @@ def inject(port: int, messages: int, size: int, sessions: int) -> float:
     return time.monotonic() - started
 
 
+def workers_of(our_args: str) -> int:
+    """N of ``--workers N`` / ``--workers=N`` in the options for twistd indimail (1 without)."""
+    words = our_args.split()
+    for i, word in enumerate(words):
+        if word == "--workers" and i + 1 < len(words):
+            return max(1, int(words[i + 1]))
+        if word.startswith("--workers="):
+            return max(1, int(word.split("=", 1)[1]))
+    return 1
+
+
 class Ours:
-    def __init__(self, base: str, sink_port: int) -> None:
+    def __init__(self, base: str, sink_port: int, our_args: str = "") -> None:
         from indimail_tw.admin.site import Site
 
         self.root = os.path.join(base, "ours")
@@ -190,7 +203,10 @@ class Ours:
         with open(os.path.join(site.paths.control, "smtproutes"), "w") as f:
             f.writelines(f"d{n}.bench:[{sink_ip(n)}]:{sink_port}\n" for n in range(DOMAINS))
         control.write_value("concurrencyremote", str(TOTAL_CONCURRENCY))
-        control.write_value("concurrencyperhost", str(PER_DESTINATION))
+        # concurrencyperhost is per process: with --workers N each process gets its
+        # share, so a destination still sees at most PER_DESTINATION connections
+        self.per_host = max(1, PER_DESTINATION // workers_of(our_args))
+        control.write_value("concurrencyperhost", str(self.per_host))
         self.control = site.paths.control
         with open(os.path.join(site.paths.tcp, "tcp.smtp"), "w") as f:
             f.write('127.0.0.1:allow,RELAYCLIENT=""\n')
@@ -200,7 +216,7 @@ class Ours:
             [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(self.root, "twistd.log"),
              *os.environ.get("TWISTD_ARGS", "").split(), "indimail", "--root", self.root,
              "--smtp", f"tcp:{self.port}:interface=127.0.0.1",
-             *os.environ.get("OUR_ARGS", "").split()],
+             *our_args.split()],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening("127.0.0.1", self.port)
 
@@ -347,6 +363,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10, help="injection sessions")
     parser.add_argument("--base", default="/var/tmp/itwrelay")
     parser.add_argument("--only", choices=("ours", "postfix"), default=None)
+    parser.add_argument("--our-args", default=os.environ.get("OUR_ARGS", ""),
+                        help="more options for 'twistd indimail', e.g. --our-args='--workers 2'")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: Postfix and smtp-sink -u need it")
@@ -354,12 +372,16 @@ def main() -> None:
     os.makedirs(args.base)
     os.chmod(args.base, 0o755)
     print(f"machine: {machine()}", flush=True)
+    if args.our_args:
+        print(f"ours: twistd indimail ... {args.our_args} (concurrencyperhost "
+              f"{max(1, PER_DESTINATION // workers_of(args.our_args))} per process)",
+              flush=True)
     sink_port = free_port(sink_ip(0))
     sinks = ours = postfix = None
     ratios = []
     try:
         sinks = Sinks(sink_port)
-        ours = Ours(args.base, sink_port) if args.only != "postfix" else None
+        ours = Ours(args.base, sink_port, args.our_args) if args.only != "postfix" else None
         postfix = Postfix(args.base, sink_port) if args.only != "ours" else None
         for rnd in range(1, args.rounds + 1):
             rates = {}
