@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from indimail_tw.lines import TOO_LONG, take_line
+
 COMMAND_LINE_LIMIT = 1024          # RFC 2449 section 4: 255; lenient (long PASS lines)
 AUTH_LINE_LIMIT = 12288            # a SASL response (RFC 5034; same bound as RFC 4954)
 HARD_LINE_CAP = 16384
@@ -87,30 +89,10 @@ class POP3Parser:
         buf = self._buf
         if self.closed:
             return None
-        if self._skipping:
-            i = buf.find(b"\n")
-            if i < 0:
-                buf.clear()
-                return None
-            del buf[:i + 1]
-            self._skipping = False
-        limit = self._line_limit
-        i = buf.find(b"\n", 0, limit + 2)
-        if i < 0:
-            if len(buf) > limit + 1:          # even a final CR cannot make it fit
-                end = buf.find(b"\n", limit + 2)
-                if end >= 0:
-                    del buf[:end + 1]
-                else:
-                    buf.clear()
-                    self._skipping = True
-                return LineTooLong()
+        line, self._skipping = take_line(buf, self._line_limit, self._skipping)
+        if line is None:
             return None
-        line = bytes(buf[:i])
-        del buf[:i + 1]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > limit:
+        if line is TOO_LONG:
             return LineTooLong()
         return Line(line)
 

@@ -40,6 +40,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from indimail_tw.lines import TOO_LONG, take_line
+
 DEFAULT_LINE_LIMIT = 1000          # RFC 5321 4.5.3.1.6 (text line, CRLF excluded here)
 HARD_LINE_CAP = 16384              # no configuration raises a command line above this
 AUTH_LINE_LIMIT = 12288            # RFC 4954 4: SASL responses may be this long
@@ -159,30 +161,10 @@ class SMTPParser:
 
     def _next_line(self) -> Event | None:
         buf = self._buf
-        if self._skipping:
-            i = buf.find(b"\n")
-            if i < 0:
-                buf.clear()
-                return None
-            del buf[:i + 1]
-            self._skipping = False
-        limit = self._line_limit
-        i = buf.find(b"\n", 0, limit + 2)
-        if i < 0:
-            if len(buf) > limit + 1:      # even a final CR cannot make it fit
-                end = buf.find(b"\n", limit + 2)
-                if end >= 0:
-                    del buf[:end + 1]
-                else:
-                    buf.clear()
-                    self._skipping = True
-                return LineTooLong()
+        line, self._skipping = take_line(buf, self._line_limit, self._skipping)
+        if line is None:
             return None
-        line = bytes(buf[:i])
-        del buf[:i + 1]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > limit:
+        if line is TOO_LONG:
             return LineTooLong()
         return Line(line)
 
