@@ -4,14 +4,17 @@ control, starting TLS after STARTTLS/STLS and the idle timer.
 A mixin of a Twisted ``Protocol`` that has ``parser`` (with ``buffered``,
 ``close()`` and ``discard_buffered()``), ``factory`` (``clock``,
 ``tls_options()``), ``session`` (``config.timeout``, ``tls_started()``),
-``client``, ``_timer``, ``_closing``, ``_paused`` and a ``_timed_out()``.
+``client``, ``_timer``, ``_closing``, ``_paused``, ``_waiting`` and ``_timed_out()``,
+``_resume()``, ``_fatal()`` and ``_emit()``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -25,12 +28,30 @@ class LineServerMixin:
     _timer: Any
     _closing: bool
     _paused: bool
+    _waiting: bool
 
     #: pause reading when this many bytes wait for the session; resume below the low mark
     high_water = 64 * 1024
     low_water = 16 * 1024
     #: the command's name, for the log
     starttls_command = "STARTTLS"
+
+    def _handle_events(self) -> None:
+        """Hand the parser's events to the session in order until one needs to wait
+        (a Deferred: ``_resume`` carries on) or the input runs out."""
+        while not self._waiting and not self._closing and self.session is not None:
+            event = self.parser.next_event()
+            if event is None:
+                break
+            try:
+                result = self.session.handle(event)
+            except Exception:  # noqa: BLE001 -- the session handles its own; belt and braces
+                result = self.session.internal_error(Failure())
+            if isinstance(result, defer.Deferred):
+                self._waiting = True
+                result.addCallback(self._resume).addErrback(self._fatal)
+            else:
+                self._emit(result)
 
     def _close(self) -> None:
         self._closing = True

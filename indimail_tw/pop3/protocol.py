@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from twisted.internet import defer, interfaces, protocol, tcp
+from twisted.internet import interfaces, protocol, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -209,19 +209,7 @@ class POP3ServerProtocol(LineServerMixin, protocol.Protocol):
             return
         self._pumping = True
         try:
-            while not self._waiting and not self._closing and self.session is not None:
-                event = self.parser.next_event()
-                if event is None:
-                    break
-                try:
-                    result = self.session.handle(event)
-                except Exception:  # noqa: BLE001 -- the session handles its own; belt and braces
-                    result = self.session.internal_error(Failure())
-                if isinstance(result, defer.Deferred):
-                    self._waiting = True
-                    result.addCallback(self._resume).addErrback(self._fatal)
-                else:
-                    self._emit(result)
+            self._handle_events()
         finally:
             self._pumping = False
         self._flow()

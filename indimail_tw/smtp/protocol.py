@@ -162,19 +162,7 @@ class SMTPServerProtocol(LineServerMixin, protocol.Protocol):
         self._pumping = True
         self._holding = True
         try:
-            while not self._waiting and not self._closing and self.session is not None:
-                event = self.parser.next_event()
-                if event is None:
-                    break
-                try:
-                    result = self.session.handle(event)
-                except Exception:  # noqa: BLE001 -- the session handles its own; belt and braces
-                    result = self.session.internal_error(Failure())
-                if isinstance(result, defer.Deferred):
-                    self._waiting = True
-                    result.addCallback(self._resume).addErrback(self._fatal)
-                else:
-                    self._emit(result)
+            self._handle_events()
         finally:
             self._pumping = False
             self._holding = False
