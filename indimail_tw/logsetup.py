@@ -48,7 +48,10 @@ class BufferedLogObserver:
         self.time_format = time_format
         self._lines: list[str] = []
         self._size = 0
-        self._lock = threading.Lock()
+        # Reentrant: twistd's SIGTERM handler logs from inside whatever the main
+        # thread was doing, which may be this observer holding either lock.
+        self._lock = threading.RLock()          # the collected lines
+        self._write_lock = threading.RLock()    # writing them out, in order
         self._timer: Any = None
         self._second = -1
         self._stamp = ""
@@ -105,8 +108,9 @@ class BufferedLogObserver:
         timer, self._timer = self._timer, None
         if timer is not None and threadable.isInIOThread() and timer.active():
             timer.cancel()
-        with self._lock:
-            lines, self._lines, self._size = self._lines, [], 0
+        with self._write_lock:
+            with self._lock:
+                lines, self._lines, self._size = self._lines, [], 0
             if lines:
                 self.out.write("".join(lines))
                 self.out.flush()

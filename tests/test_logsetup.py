@@ -90,3 +90,34 @@ def test_install_leaves_other_observers_alone():
     publisher.addObserver(observer)
     assert logsetup.install(MemoryReactorClock(), publisher) is None
     assert publisher._observers == [observer]
+
+
+def test_an_event_logged_while_writing_does_not_deadlock():
+    """twistd's SIGTERM handler logs ("Received SIGTERM, shutting down.") from
+    inside whatever the main thread was doing: that may be this observer's own
+    flush.  The nested event must be written, not wait forever for the lock."""
+    import threading
+
+    base = {"log_time": 1764000000.25, "log_namespace": "t", "log_level": LogLevel.info}
+
+    class Reentrant(Out):
+        nested = False
+
+        def write(self, text):
+            if not self.nested:
+                self.nested = True             # as a signal handler would, mid-write
+                observer({**base, "log_format": "Received SIGTERM"})
+                observer({**base, "log_format": "prompt", "log_level": LogLevel.error})
+            return super().write(text)
+
+    out = Reentrant()
+    observer = logsetup.BufferedLogObserver(out, MemoryReactorClock())
+    observer({**base, "log_format": "first"})
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (observer.flush(), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(10), "the observer deadlocked on its own lock"
+    observer.flush()
+    text = out.getvalue()
+    assert sorted(line.split("] ", 1)[1] for line in text.splitlines()) == [
+        "Received SIGTERM", "first", "prompt"]
