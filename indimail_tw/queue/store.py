@@ -8,6 +8,7 @@ Layout of a queue (``queue/queueN``)::
     info/ID      envelope file: its appearance (rename from tmp/) commits the message
     state/ID     per-recipient state log (append-only)
     corrupt/     damaged committed files, moved aside by recovery (never deleted)
+    spare/       files of finished messages kept to be reused (see below)
 
 Commit of a batch (one job, :meth:`QueueStore.commit`): each message's data and
 envelope are written and fsynced, then ``mess/`` is fsynced once, every
@@ -20,11 +21,22 @@ unlinked only after the next fsync of ``info/``, which the next commit batch
 makes anyway (or a ``sync`` op the queue sends when none comes soon).  So
 ``mess/ID`` never disappears while ``info/ID`` could come back after a crash,
 and removals cost no directory fsync of their own under load.
+
+Spare files: a removed message's files are not unlinked but renamed into
+``spare/`` (up to :data:`SPARE_LIMIT` files of at most :data:`SPARE_MAX_SIZE`
+bytes), and new data, envelope and state files are spare files renamed into
+place and truncated.  Under steady load the queue then neither allocates nor
+frees inodes.  That matters: ext4 without a journal refuses to reuse an inode
+freed in the last ``dirty_expire_centisecs`` and scans past every such inode
+for each file it creates, so a queue that creates and unlinks files at a
+thousand a second spent most of its time in that scan.  What ``spare/``
+holds is never read: recovery keeps what it finds there as the pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import os
@@ -40,7 +52,11 @@ from indimail_tw.queue import records
 from indimail_tw.queue.envelope import Envelope
 from indimail_tw.queue.states import RecipientState
 
-SUBDIRS = ("mess", "tmp", "info", "state", "corrupt")
+SUBDIRS = ("mess", "tmp", "info", "state", "corrupt", "spare")
+
+#: Files kept in spare/ at most, and the largest data file kept there (bytes).
+SPARE_LIMIT = 2048
+SPARE_MAX_SIZE = 64 * 1024
 
 
 class QueueLocked(OSError):
@@ -116,8 +132,9 @@ class QueueStore:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        self.mess, self.tmp, self.info, self.state, self.corrupt = (
+        self.mess, self.tmp, self.info, self.state, self.corrupt, self.spare_dir = (
             os.path.join(self.path, sub) for sub in SUBDIRS)
+        self.spares = Spares(self.spare_dir)
         self._lock_fd: int | None = None
         self._removals: list[str] = []         # see apply(); commit and journal jobs
         self._removals_lock = threading.Lock()  # may run at once
@@ -184,8 +201,18 @@ class QueueStore:
 
     def write_envelope(self, name: str, envelope: Envelope, size: int) -> None:
         """Write and fsync ``tmp/NAME``: the envelope of a message of ``size`` bytes."""
-        fsutil.write_new_file(os.path.join(self.tmp, name),
-                              [records.encode_envelope(envelope, size)])
+        path = os.path.join(self.tmp, name)
+        fd = self.spares.create(path)
+        try:
+            try:
+                fsutil.write_all(fd, records.encode_envelope(envelope, size))
+                fsutil.fsync_file(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
 
     def prepare(self, data: DataFile, chunk: bytes, envelope: Envelope, name: str,
                 source: Any = None) -> Prepared:
@@ -215,8 +242,7 @@ class QueueStore:
         while True:
             msg_id = new_id()
             try:
-                data.fd = os.open(self.mess_path(msg_id),
-                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                data.fd = self.spares.create(self.mess_path(msg_id))
             except FileExistsError:
                 continue
             data.id = msg_id
@@ -310,7 +336,7 @@ class QueueStore:
                 errors[msg_id] = e
         for msg_id in gone:
             try:
-                _unlink(os.path.join(self.info, msg_id))
+                self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i")
             except OSError as e:
                 errors[msg_id] = e
         with self._removals_lock:
@@ -348,18 +374,23 @@ class QueueStore:
     def _finish_removals(self, taken: list[str]) -> None:
         """``info/ID`` of each is durably gone: its data and state log can go too."""
         no_state = self._no_state
+        give = self.spares.give
         for msg_id in taken:
             with contextlib.suppress(OSError):      # harmless leftovers for recovery
-                _unlink(self.mess_path(msg_id))
+                give(self.mess_path(msg_id), msg_id + ".m", sized=True)
                 if msg_id in no_state:
                     no_state.discard(msg_id)
                 else:
-                    _unlink(os.path.join(self.state, msg_id))
+                    give(os.path.join(self.state, msg_id), msg_id + ".s")
 
     def _append_state(self, msg_id: str, data: bytes) -> None:
         self._no_state.discard(msg_id)
-        fd = os.open(os.path.join(self.state, msg_id),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        path = os.path.join(self.state, msg_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            os.close(self.spares.create(path))
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             fsutil.write_all(fd, data)
         finally:
@@ -412,6 +443,7 @@ class QueueStore:
         committed messages that cannot be read are moved to corrupt/.
         """
         report = Recovered()
+        self.spares.load()
         for name in os.listdir(self.tmp):
             _unlink(os.path.join(self.tmp, name))
             report.removed += 1
@@ -451,6 +483,125 @@ class QueueStore:
         if os.path.lexists(src):
             fsutil.rename(src, os.path.join(self.corrupt, f"{msg_id}.info"))
         fsutil.fsync_dirs([self.corrupt, self.info])
+
+
+class Spares:
+    """The pool of spare files in ``spare/`` (see the module's docstring).
+
+    Thread-safe: commit and journal jobs may use it at once.
+    """
+
+    def __init__(self, path: str, limit: int | None = None,
+                 max_size: int | None = None) -> None:
+        self.path = path
+        self.limit = SPARE_LIMIT if limit is None else limit
+        self.max_size = SPARE_MAX_SIZE if max_size is None else max_size
+        self._names: list[str] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def load(self) -> int:
+        """Take what ``spare/`` holds as the pool (at start); unlink what is over the
+        limit.  Returns the number of files unlinked."""
+        names = sorted(os.listdir(self.path))
+        keep, extra = names[:self.limit], names[self.limit:]
+        for name in extra:
+            _unlink(os.path.join(self.path, name))
+        with self._lock:
+            self._names = keep
+        return len(extra)
+
+    def create(self, path: str) -> int:
+        """A new, empty file at ``path`` (FileExistsError if there is one), open for
+        writing: a spare file moved there and truncated, or else a new file."""
+        while True:
+            with self._lock:
+                name = self._names.pop() if self._names else None
+            if name is None:
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _rename_noreplace(os.path.join(self.path, name), path)
+            except FileNotFoundError:
+                continue                  # gone behind our back: take another
+            except BaseException:
+                with self._lock:
+                    self._names.append(name)
+                raise
+            try:
+                return os.open(path, os.O_WRONLY | os.O_TRUNC)
+            except BaseException:
+                _unlink(path)
+                raise
+
+    def give(self, path: str, name: str, sized: bool = False) -> None:
+        """Remove ``path``: into the pool as ``name`` while there is room (and, with
+        ``sized``, the file is small enough), else unlinked.  FileNotFoundError is
+        not an error."""
+        with self._lock:
+            room = len(self._names) < self.limit
+            if room:
+                self._names.append(name)      # reserved; taken back on failure
+        if room and sized:
+            try:
+                room = os.stat(path).st_size <= self.max_size
+            except FileNotFoundError:
+                room = False
+            if not room:
+                self._forget(name)
+        if not room:
+            _unlink(path)
+            return
+        try:
+            os.rename(path, os.path.join(self.path, name))
+        except FileNotFoundError:
+            self._forget(name)
+        except BaseException:
+            self._forget(name)
+            raise
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._names.remove(name)
+
+
+def _load_renameat2() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``, FileExistsError if ``dst`` exists (renameat2 with
+    RENAME_NOREPLACE; where that is missing, a hard link and an unlink)."""
+    global _renameat2
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                      _RENAME_NOREPLACE) == 0:
+            return
+        import ctypes
+
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), src, None, dst)   # EEXIST: FileExistsError
+        _renameat2 = None                 # the file system or kernel cannot: fall back
+    os.link(src, dst)
+    _unlink(src)
 
 
 def _unlink(path: str) -> None:

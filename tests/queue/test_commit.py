@@ -286,13 +286,18 @@ def test_a_removal_is_finished_by_the_next_commits_directory_fsync(tmp_path, tra
                                                                     monkeypatch):
     from tests.queue.helpers import Agent
 
-    real_unlink = os.unlink
+    real_unlink, real_rename = os.unlink, os.rename
 
     def unlink(path):
-        trace.append(("unlink", path))
+        trace.append(("remove", path))
         real_unlink(path)
 
+    def rename(src, dst):                 # into spare/ is a removal too
+        trace.append(("remove", src))
+        real_rename(src, dst)
+
     monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "rename", rename)
     queue = make_queue(str(tmp_path / "queue1"), local=Agent())
     first = result_of(queue.enqueue(Envelope.simple("s@x", "a@local.test"), b"one\n"))
     s = queue.store
@@ -301,7 +306,7 @@ def test_a_removal_is_finished_by_the_next_commits_directory_fsync(tmp_path, tra
     trace.clear()
     second = result_of(queue.enqueue(ENV, b"two\n"))      # remote: stays queued
     info_sync = trace.index(("fsync_dir", s.info))
-    assert trace.index(("unlink", s.mess_path(first))) > info_sync
+    assert trace.index(("remove", s.mess_path(first))) > info_sync
     assert files(queue, "mess") == [second] and s.pending_removals == 0
 
 
@@ -348,12 +353,73 @@ def test_removal_unlinks_a_state_log_only_where_one_may_exist(tmp_path, monkeypa
                      for _ in range(2))
     line = records.encode_state(RecipientState(0, Recipient("c@d.test"), attempts=1).fields())
     assert store.apply([("state", logged.id, line)]) == [None]
-    unlinked = []
-    real_unlink = os.unlink
+    unlinked = []                          # unlinked, or moved into spare/
+    real_unlink, real_rename = os.unlink, os.rename
     monkeypatch.setattr(os, "unlink", lambda path: (unlinked.append(path), real_unlink(path)))
+    monkeypatch.setattr(os, "rename", lambda src, dst: (unlinked.append(src),
+                                                        real_rename(src, dst)))
     store.apply([("remove", quiet.id, b""), ("remove", logged.id, b"")])
     assert os.path.join(store.state, quiet.id) not in unlinked
     assert os.path.join(store.state, logged.id) in unlinked
     assert os.listdir(store.state) == [] and os.listdir(store.mess) == []
     assert os.listdir(store.info) == []
+    store.close()
+
+
+def test_finished_messages_files_are_reused_from_spare(tmp_path):
+    """A removed message's files go to spare/ and the next message's files come from
+    there: the queue neither frees nor allocates inodes under steady load."""
+    from indimail_tw.queue.envelope import Envelope
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    store.recover()
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+    first = store.commit([Pending(DataFile(), b"first message\n" * 100, envelope, 1400,
+                                  new_tmp_name())])[0]
+    inodes = {os.stat(store.mess_path(first.id)).st_ino,
+              os.stat(os.path.join(store.info, first.id)).st_ino}
+    store.apply([("remove", first.id, b"")])
+    assert sorted(os.listdir(store.spare_dir)) == [first.id + ".i", first.id + ".m"]
+    second = store.commit([Pending(DataFile(), b"2\n", envelope, 2, new_tmp_name())])[0]
+    assert os.listdir(store.spare_dir) == []
+    assert {os.stat(store.mess_path(second.id)).st_ino,
+            os.stat(os.path.join(store.info, second.id)).st_ino} == inodes
+    with open(store.mess_path(second.id), "rb") as f:
+        assert f.read() == b"2\n"                  # truncated: nothing of the old one
+    assert store.load(second.id).size == 2
+    store.close()
+
+
+def test_spare_pool_is_bounded_and_skips_big_files(tmp_path):
+    from indimail_tw.queue.envelope import Envelope
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    store.recover()
+    store.spares.limit, store.spares.max_size = 3, 100
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+    small, big = (store.commit([Pending(DataFile(), body, envelope, len(body),
+                                        new_tmp_name())])[0]
+                  for body in (b"s\n", b"b" * 200))
+    store.apply([("remove", big.id, b""), ("remove", small.id, b"")])
+    assert big.id + ".m" not in os.listdir(store.spare_dir)      # too big: unlinked
+    assert len(os.listdir(store.spare_dir)) == 3 == len(store.spares)
+    store.spares.limit = 1
+    assert store.spares.load() == 2 and len(os.listdir(store.spare_dir)) == 1
+    store.close()
+
+
+def test_recovery_takes_spare_files_as_the_pool(tmp_path):
+    from indimail_tw.queue.store import QueueStore
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    for name in ("x.m", "y.i"):
+        with open(os.path.join(store.spare_dir, name), "wb") as f:
+            f.write(b"old")
+    report = store.recover()
+    assert report.messages == [] and len(store.spares) == 2
     store.close()
