@@ -423,3 +423,52 @@ def test_recovery_takes_spare_files_as_the_pool(tmp_path):
     report = store.recover()
     assert report.messages == [] and len(store.spares) == 2
     store.close()
+
+
+def test_a_batch_fsyncs_all_its_files_before_the_commit_step(tmp_path, monkeypatch):
+    """The files of a batch are written first, then fsynced together; one message
+    whose fsync fails fails alone (its files removed), the others commit."""
+    from indimail_tw.queue.envelope import Envelope
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    store.recover()
+    events = []
+    real_fsync, real_dir = fsutil.fsync_file, fsutil.fsync_dir
+    bad = {}
+
+    def fsync_file(fd):
+        events.append("file")
+        if os.readlink(f"/proc/self/fd/{fd}") == bad.get("path"):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    def fsync_dir(path):
+        events.append(("dir", path))
+        real_dir(path)
+
+    real_create = store._create
+
+    def create(data):
+        real_create(data)
+        if len(bad) == 0 and "second" in created:
+            bad["path"] = store.mess_path(data.id)
+        created.append("second" if created else "first")
+
+    created: list[str] = []
+    monkeypatch.setattr(fsutil, "fsync_file", fsync_file)
+    monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(store, "_create", create)
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+    batch = [Pending(DataFile(), b"m%d\n" % i, envelope, 3, new_tmp_name()) for i in range(3)]
+    results = store.commit(batch)
+    assert events[:6] == ["file"] * 6              # 3 data + 3 envelopes, then the dirs
+    assert events[6:] == [("dir", store.mess), ("dir", store.info)]
+    committed = [r for r in results if not isinstance(r, BaseException)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(committed) == 2 and len(failed) == 1 and failed[0].errno == errno.EIO
+    assert sorted(os.listdir(store.info)) == sorted(r.id for r in committed)
+    assert sorted(os.listdir(store.mess)) == sorted(r.id for r in committed)
+    assert os.listdir(store.tmp) == []
+    store.close()
