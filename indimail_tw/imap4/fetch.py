@@ -32,6 +32,8 @@ BATCH_OCTETS = 16 * 1024 * 1024
 _STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
 _CONTENT_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY[]", "BINARY[]",
                             "BINARY.SIZE[]"})
+_VIEW_AND_STRUCTURE = frozenset({"UID", "FLAGS", "MODSEQ", "ENVELOPE", "BODY",
+                                 "BODYSTRUCTURE"})
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -76,23 +78,27 @@ class Loaded:
         return self._root
 
 
-def _read_batch(jobs: list[tuple[int, str, mime.Structure | None, bool]]
+def _read_batch(jobs: list[tuple[int, str, mime.Structure | None, bool, bool]]
                 ) -> dict[int, Loaded]:
     """In a thread: read (and parse when needed) the files of ``jobs``
-    [(uid, path, cached structure, need data)]; a vanished file is left out."""
+    [(uid, path, cached structure, need data, need tree)]; a vanished file is
+    left out."""
     out: dict[int, Loaded] = {}
-    for uid, path, pre, need_data in jobs:
+    for uid, path, pre, need_data, need_tree in jobs:
         try:
             data = load_message(path)
         except OSError:
             continue
-        out[uid] = _loaded(data, pre, need_data)
+        out[uid] = _loaded(data, pre, need_data, need_tree)
     return out
 
 
-def _loaded(data: bytes, pre: mime.Structure | None, need_data: bool) -> Loaded:
-    if pre is None:
+def _loaded(data: bytes, pre: mime.Structure | None, need_data: bool,
+            need_tree: bool) -> Loaded:
+    if pre is None and need_tree:
         return Loaded(data if need_data else None, mime.parse(data), True)
+    # BODY[] and the like need no tree: none is parsed (nor cached) for them; a
+    # BINARY[] that wants one after all parses it from the data when asked
     return Loaded(data if need_data else None, None, False, pre)
 
 
@@ -121,6 +127,8 @@ class FetchPlan:
         # FETCH 1:* (UID FLAGS) on a big folder: the index's view is enough
         self.binary = any(i.name in ("BINARY[]", "BINARY.SIZE[]") for i in items)
         self.view_only = all(i.name in ("UID", "FLAGS", "MODSEQ") for i in items)
+        # only the view and the cached structure: no index row is read per message
+        self.view_and_structure = all(i.name in _VIEW_AND_STRUCTURE for i in items)
         self.utf8 = bool(getattr(sel.session, "utf8", False))
 
 
@@ -271,36 +279,33 @@ def do_fetch(session: Any, tag: bytes, args: Any):
         msgs = [(s, u) for s, u in msgs if (index.modseq(u) or 0) > args.changedsince]
     if plan.view_only:
         return _view_lines(tag, plan, msgs, head)
-    records = {r.uid: r for r in index.records([u for _, u in msgs])} if msgs else {}
+    uids = [u for _, u in msgs]
+    folder = (getattr(index, "path", None), getattr(index, "uidvalidity", None))
+    pres = _structures(index, folder, uids) if plan.need_tree and uids else {}
+    if plan.view_and_structure and hasattr(index, "modseq"):
+        # ENVELOPE, BODYSTRUCTURE, FLAGS: the view and the structure cache answer;
+        # rows (file paths) only for messages whose structure must be parsed
+        records = _view_records(index, [u for u in uids if u in pres])
+        rest = [u for u in uids if u not in pres]
+        if rest:
+            records.update((r.uid, r) for r in index.records(rest))
+    else:
+        records = {r.uid: r for r in index.records(uids)} if uids else {}
     missing = [u for _, u in msgs if u not in records or u in sel.gone]
     if not (plan.need_content or plan.need_tree):
         return _finish(session, tag, plan, msgs, records, {}, head, bool(missing))
     jobs = []
     cached: dict[int, Loaded] = {}
     octets = 0
-    many = getattr(index, "cache_get_many", None) if plan.need_tree else None
-    folder = (getattr(index, "path", None), getattr(index, "uidvalidity", None))
-    blobs = many([u for _, u in msgs if (*folder, u) not in _STRUCTURES], CACHE_KEY) \
-        if many is not None and folder[0] else None
     for _, uid in msgs:
         rec = records.get(uid)
         if rec is None or uid in sel.gone:
             continue
-        pre = None
-        if plan.need_tree:
-            pre = _STRUCTURES.get((*folder, uid)) if blobs is not None else None
-            if pre is not None:
-                _STRUCTURES.move_to_end((*folder, uid))
-            else:
-                blob = blobs.get(uid) if blobs is not None else index.cache_get(uid,
-                                                                                CACHE_KEY)
-                pre = mime.load_structure(blob) if blob else None
-                if pre is not None and blobs is not None:
-                    _remember_structure((*folder, uid), pre)
+        pre = pres.get(uid)
         if pre is not None and not plan.need_content:
             cached[uid] = Loaded(None, None, False, pre)
             continue
-        jobs.append((uid, rec.path, pre, plan.need_content))
+        jobs.append((uid, rec.path, pre, plan.need_content, plan.need_tree))
         octets += rec.size
     if not jobs:
         return _finish(session, tag, plan, msgs, records, cached, head, bool(missing))
@@ -332,9 +337,61 @@ def _cte_known(plan: FetchPlan, loaded: Loaded) -> bool:
 #: Parsed structure cache blobs of recently fetched messages, by (folder directory,
 #: UIDVALIDITY, UID): a message's content never changes under one UID, so every
 #: session of the process can share them (FLAGS ENVELOPE BODYSTRUCTURE of the same
-#: messages again skips the query and the JSON decoding).
+#: messages again skips the query).  About 1-2 kB an entry (rendered items and the
+#: undecoded tree): 8192 hold the recent messages of ten 300-message mailboxes.
 _STRUCTURES: OrderedDict[tuple, mime.Structure] = OrderedDict()
-STRUCTURES = 2048
+STRUCTURES = 8192
+
+
+class _ViewRecord:
+    """What FETCH of FLAGS, UID, MODSEQ and cached structure items needs of a message:
+    the view's numbers, no index row."""
+
+    __slots__ = ("uid", "flags", "modseq")
+
+    def __init__(self, uid: int, flags: frozenset, modseq: int) -> None:
+        self.uid, self.flags, self.modseq = uid, flags, modseq
+
+
+def _view_records(index: Any, uids: list[int]) -> dict[int, _ViewRecord]:
+    flags_of, modseq_of = index.flags, index.modseq
+    out = {}
+    for uid in uids:
+        flags = flags_of(uid)
+        if flags is not None:
+            out[uid] = _ViewRecord(uid, flags, modseq_of(uid) or 0)
+    return out
+
+
+def _structures(index: Any, folder: tuple, uids: list[int]) -> dict[int, mime.Structure]:
+    """The cached structures of ``uids`` that have one: from this process's cache,
+    else from the index's cache table (then kept in the process)."""
+    out: dict[int, mime.Structure] = {}
+    many = getattr(index, "cache_get_many", None)
+    if many is None or not folder[0]:
+        for uid in uids:
+            blob = index.cache_get(uid, CACHE_KEY)
+            pre = mime.load_structure(blob) if blob else None
+            if pre is not None:
+                out[uid] = pre
+        return out
+    path, validity = folder
+    ask = []
+    for uid in uids:
+        key = (path, validity, uid)
+        pre = _STRUCTURES.get(key)
+        if pre is not None:
+            _STRUCTURES.move_to_end(key)
+            out[uid] = pre
+        else:
+            ask.append(uid)
+    if ask:
+        for uid, blob in many(ask, CACHE_KEY).items():
+            pre = mime.load_structure(blob) if blob else None
+            if pre is not None:
+                out[uid] = pre
+                _remember_structure((path, validity, uid), pre)
+    return out
 
 
 def _remember_structure(key: tuple, structure: mime.Structure) -> None:
@@ -449,7 +506,7 @@ def _after_reads(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cache
                  head, missing) -> list[bytes]:
     index = plan.sel.index
     lost = False
-    for uid, _path, pre, need_data in jobs:
+    for uid, _path, pre, need_data, _tree in jobs:
         if uid in cached:
             continue
         try:                                # renamed meanwhile? the index knows
@@ -457,7 +514,7 @@ def _after_reads(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cache
         except OSError:
             lost = True
             continue
-        cached[uid] = _loaded(data, pre, need_data)
+        cached[uid] = _loaded(data, pre, need_data, plan.need_tree)
     for uid, loaded in cached.items():
         if loaded.fresh:
             loaded.fresh = False

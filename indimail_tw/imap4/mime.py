@@ -27,6 +27,7 @@ import email.header
 import email.utils
 import json
 import re
+import struct
 
 from indimail_tw.imap4 import wire
 
@@ -538,13 +539,20 @@ def parse(data: bytes) -> Part:
     return _Parser(data).entity(0, len(data), 0, True)
 
 
+#: The cache blob: this magic (with the tree's CACHE_VERSION), the lengths of the
+#: three rendered items (4 bytes each, big-endian), the items, then the tree as
+#: JSON.  Reading one back is three slices: the tree is decoded only when a section
+#: needs it.  Blobs of the older form (one JSON list) are still read.
+_BLOB_MAGIC = b"\x00IS" + bytes([CACHE_VERSION])
+_BLOB_HEAD = struct.Struct(">4sIII")
+
+
 def dump(root: Part) -> bytes:
     """The cache blob: the tree and, ready to send (without UTF8=ACCEPT), its
     ENVELOPE, BODY and BODYSTRUCTURE."""
-    return json.dumps([CACHE_VERSION, root.to_list(), envelope(root).decode("latin-1"),
-                       bodystructure(root, False).decode("latin-1"),
-                       bodystructure(root, True).decode("latin-1")],
-                      separators=(",", ":")).encode()
+    rendered = (envelope(root), bodystructure(root, False), bodystructure(root, True))
+    tree = json.dumps(root.to_list(), separators=(",", ":")).encode()
+    return b"".join((_BLOB_HEAD.pack(_BLOB_MAGIC, *map(len, rendered)), *rendered, tree))
 
 
 class Structure:
@@ -552,15 +560,21 @@ class Structure:
 
     __slots__ = ("_tree", "_root", "envelope", "body", "bodystructure")
 
-    def __init__(self, tree: list, rendered: list[str]) -> None:
-        self._tree = tree
+    def __init__(self, tree: list | bytes, envelope: bytes, body: bytes,
+                 bodystructure: bytes) -> None:
+        self._tree = tree                    # JSON text (version 3) or the decoded list
         self._root: Part | None = None
-        self.envelope, self.body, self.bodystructure = (r.encode("latin-1") for r in rendered)
+        self.envelope, self.body, self.bodystructure = envelope, body, bodystructure
 
     @property
     def root(self) -> Part:
         if self._root is None:
-            self._root = Part.from_list(self._tree)
+            tree = self._tree
+            if isinstance(tree, bytes):
+                tree = json.loads(tree)
+                if not isinstance(tree, list):
+                    raise ValueError("bad cached tree")
+            self._root = Part.from_list(tree)
             self._tree = None
         return self._root
 
@@ -568,13 +582,22 @@ class Structure:
 def load_structure(blob: bytes) -> Structure | None:
     """A cache blob read back, or None when it is unusable (then parse again)."""
     try:
+        if blob[:4] == _BLOB_MAGIC:
+            _magic, a, b, c = _BLOB_HEAD.unpack_from(blob)
+            start = _BLOB_HEAD.size
+            if start + a + b + c >= len(blob):
+                return None
+            view = memoryview(blob)
+            return Structure(bytes(view[start + a + b + c:]), bytes(view[start:start + a]),
+                             bytes(view[start + a:start + a + b]),
+                             bytes(view[start + a + b:start + a + b + c]))
         version, tree, *rendered = json.loads(blob)
         if version != CACHE_VERSION or len(rendered) != 3:
             return None
         if not isinstance(tree, list):
             return None
-        return Structure(tree, rendered)
-    except (ValueError, TypeError, IndexError, KeyError, UnicodeError):
+        return Structure(tree, *(r.encode("latin-1") for r in rendered))
+    except (ValueError, TypeError, IndexError, KeyError, UnicodeError, struct.error):
         return None
 
 

@@ -286,3 +286,36 @@ def test_an_independent_parser_reads_our_responses(h):
     assert parsed[b"BODY[2.HEADER.FIELDS (SUBJECT)]"] == b"Subject: inner\r\n\r\n"
     body = parse_fetch_response(_as_imaplib(lines[:-1]))[1][b"BODY"]
     assert body[1] == b"mixed"
+
+
+def test_whole_body_fetch_parses_nothing_and_caches_nothing(h, monkeypatch):
+    h.deliver(MULTI)
+    h.select()
+
+    def no_parse(data):
+        raise AssertionError("BODY[] parsed the message")
+
+    monkeypatch.setattr(mime, "parse", no_parse)
+    lines = h.command("a FETCH 1 (BODY.PEEK[] RFC822.HEADER RFC822.SIZE)")
+    assert lines[-1] == b"a OK Fetch completed\r\n"
+    assert h.session.selected.index.cache_get(1, fetch.CACHE_KEY) is None
+
+
+def test_cached_structure_items_read_no_index_rows(h, monkeypatch):
+    for _ in range(3):
+        h.deliver(MULTI)
+    h.select()
+    line = "a FETCH 1:3 (FLAGS ENVELOPE BODYSTRUCTURE MODSEQ)"
+    first = h.command(line)                          # parses and caches
+    index = h.session.selected.index
+
+    def no_rows(uids=None):
+        raise AssertionError("records() read rows")
+
+    monkeypatch.setattr(index, "records", no_rows)
+    fetch._STRUCTURES.clear()                        # from the index's cache table
+    assert h.command(line) == first
+    assert h.command(line) == first                  # from this process's cache
+    h.command("a STORE 2 +FLAGS (\\Flagged)")
+    again = text(h.command(line))
+    assert again.count("\\Flagged") == 1 and "* 2 FETCH (FLAGS (\\Flagged \\Recent)" in again

@@ -419,3 +419,30 @@ def test_search_helpers():
     assert mime.sent_date(root) == calendar.timegm((2024, 1, 1, 0, 0, 0))
     data, root = parsed(b"Date: not a date\n\n")
     assert mime.sent_date(root) is None
+
+
+def test_cache_blob_gives_rendered_items_without_decoding_the_tree(monkeypatch):
+    data, root = parsed(NESTED)
+    blob = mime.dump(root)
+    calls = []
+    real = mime.json.loads
+    monkeypatch.setattr(mime.json, "loads", lambda text: calls.append(1) or real(text))
+    pre = mime.load_structure(blob)
+    assert (pre.envelope, pre.body, pre.bodystructure) == (
+        mime.envelope(root), mime.bodystructure(root, False), mime.bodystructure(root, True))
+    assert calls == []
+    assert mime.section(data, pre.root, (4, 2, 2, 2), None) == b"part 4.2.2.2"
+    assert calls == [1]
+    assert mime.load_structure(blob[:-3]) is None or mime.load(blob[:-3]) is None
+    assert mime.load_structure(blob[:10]) is None
+
+
+def test_cache_blobs_of_the_json_form_are_still_read():
+    data, root = parsed(NESTED)
+    old = mime.json.dumps([mime.CACHE_VERSION, root.to_list(),
+                           mime.envelope(root).decode("latin-1"),
+                           mime.bodystructure(root, False).decode("latin-1"),
+                           mime.bodystructure(root, True).decode("latin-1")]).encode()
+    pre = mime.load_structure(old)
+    assert pre.bodystructure == mime.bodystructure(root, True)
+    assert mime.bodystructure(pre.root) == mime.bodystructure(root)
