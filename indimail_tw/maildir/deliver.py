@@ -7,10 +7,11 @@ done (:mod:`indimail_tw.fsutil` does the syncing and linking).  A failure at
 any step removes the partial file in ``tmp/``; a crash leaves at most a stray
 file in ``tmp/`` that Maildir cleaners remove, never a partial message in ``new/``.
 
-Several deliveries made in one thread job can share the directory fsyncs
-(:func:`shared_syncs`): each message is still written and fsynced on its
-own, but ``new/`` of each Maildir is fsynced once when the job ends, and
-every delivery is reported done only after that.
+Several deliveries made in one thread job share their fsyncs
+(:func:`shared_syncs`): each message is written into ``tmp/`` when it is
+delivered, and when the job ends all of them are fsynced at once, linked into
+``new/``, and each ``new/`` is fsynced once; every delivery is reported done
+only after that.
 
 Every function blocks on disk I/O: the server calls them in a thread, never
 on the reactor thread.
@@ -84,12 +85,57 @@ def prepare(maildir: str, folder: str | None = None) -> str:
     return target
 
 
+@dataclass
+class _Unsynced:
+    """A delivery of a batch written to ``tmp/`` but not yet fsynced nor linked."""
+
+    fd: int
+    tmp: str
+    final: str
+    new_dir: str
+
+
 class _Links:
-    """The ``new/`` directories and ``tmp/`` names of the deliveries of one batch."""
+    """The deliveries of one batch: files written but not yet fsynced, and the
+    ``new/`` directories and ``tmp/`` names of those already linked."""
 
     def __init__(self) -> None:
+        self.unsynced: list[_Unsynced] = []
         self.directories: dict[str, None] = {}
         self.tmp_paths: list[str] = []
+
+    def publish(self) -> None:
+        """fsync every written file (all at once), then link each into ``new/``.
+        On any error nothing more is linked, the temporary files are removed and
+        the error raised: the whole batch then fails and is retried."""
+        unsynced, self.unsynced = self.unsynced, []
+        errors = fsutil.fsync_all([u.fd for u in unsynced])
+        for u in unsynced:
+            with suppress(OSError):
+                os.close(u.fd)
+        error = next((e for e in errors if e is not None), None)
+        try:
+            if error is not None:
+                raise error
+            for u in unsynced:
+                if fsutil.link_unsynced(u.tmp, u.final):
+                    self.tmp_paths.append(u.tmp)
+                self.directories[u.new_dir] = None
+                u.tmp = ""
+        finally:
+            for u in unsynced:
+                if u.tmp:
+                    with suppress(OSError):
+                        os.unlink(u.tmp)
+
+    def discard(self) -> None:
+        """The batch failed: forget the files not yet linked."""
+        unsynced, self.unsynced = self.unsynced, []
+        for u in unsynced:
+            with suppress(OSError):
+                os.close(u.fd)
+            with suppress(OSError):
+                os.unlink(u.tmp)
 
 
 _batch = threading.local()
@@ -97,12 +143,14 @@ _batch = threading.local()
 
 @contextlib.contextmanager
 def shared_syncs() -> Iterator[None]:
-    """Deliveries made in this thread inside the block share their directory fsyncs.
+    """Deliveries made in this thread inside the block share their fsyncs.
 
-    On leaving the block each ``new/`` written into is fsynced once and the
-    ``tmp/`` names are removed; the caller reports the deliveries done only
-    after that (if it raises, none of them may be reported done: a delivery
-    whose directory was not fsynced is repeated, never lost).
+    Inside the block :func:`deliver` only writes each message into ``tmp/``
+    and returns where it will be.  On leaving the block all those files are
+    fsynced at once (:func:`fsutil.fsync_all`), linked into ``new/``, each
+    ``new/`` is fsynced once and the ``tmp/`` names are removed; the caller
+    reports the deliveries done only after that (if it raises, none of them
+    may be reported done: a delivery not yet durable is repeated, never lost).
     """
     if getattr(_batch, "links", None) is not None:      # nested: the outer block syncs
         yield
@@ -110,8 +158,12 @@ def shared_syncs() -> Iterator[None]:
     links = _batch.links = _Links()
     try:
         yield
+    except BaseException:
+        links.discard()
+        raise
     finally:
         _batch.links = None
+    links.publish()
     fsutil.finish_links(links.directories, links.tmp_paths)
 
 
@@ -164,6 +216,9 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
     if st.st_mode & stat.S_ISVTX:
         raise MaildirDeliveryError(f"dir {maildir} is sticky. (#4.2.1)", enhanced="4.2.1")
     tmp_dir, new_dir = os.path.join(maildir, "tmp"), os.path.join(maildir, "new")
+    links = getattr(_batch, "links", None)
+    if links is not None:
+        return _deliver_later(links, maildir, tmp_dir, new_dir, message_path, header, data)
     tmp = ""
     try:
         for _ in range(_NAME_ATTEMPTS):
@@ -184,13 +239,7 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
             name = (base if attempt == 0 else fsutil.unique_name()) + sizes
             final = os.path.join(new_dir, name)
             try:
-                links = getattr(_batch, "links", None)
-                if links is None:
-                    fsutil.link_into(tmp, final)
-                else:
-                    if fsutil.link_unsynced(tmp, final):
-                        links.tmp_paths.append(tmp)
-                    links.directories[new_dir] = None
+                fsutil.link_into(tmp, final)
                 tmp = ""
                 return Delivered(final, size)
             except FileExistsError:
@@ -201,6 +250,51 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
     except OSError as e:
         raise _os_error(maildir, e) from e
     finally:
+        if tmp:
+            with suppress(OSError):
+                os.unlink(tmp)
+
+
+def _deliver_later(links: _Links, maildir: str, tmp_dir: str, new_dir: str,
+                   message_path: str, header: bytes, data: bytes | None) -> Delivered:
+    """:func:`deliver` inside :func:`shared_syncs`: write ``tmp/NAME`` and leave its
+    fsync and link to the end of the block."""
+    tmp, fd = "", -1
+    try:
+        for _ in range(_NAME_ATTEMPTS):
+            tmp = os.path.join(tmp_dir, fsutil.unique_name())
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            tmp = ""
+            raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
+        crlf, size = _BareLF(), 0
+        for chunk in crlf.count(_message_chunks(header, message_path, data)):
+            fsutil.write_all(fd, chunk)
+            size += len(chunk)
+        base = os.path.basename(tmp)
+        for attempt in range(_NAME_ATTEMPTS):
+            name = ((base if attempt == 0 else fsutil.unique_name())
+                    + f",S={size},W={size + crlf.extra}")
+            final = os.path.join(new_dir, name)
+            if not os.path.lexists(final):
+                break
+        else:
+            raise MaildirDeliveryError("Unable to find a unique name in new/. (#4.3.0)")
+        links.unsynced.append(_Unsynced(fd, tmp, final, new_dir))
+        tmp, fd = "", -1
+        return Delivered(final, size)
+    except MaildirDeliveryError:
+        raise
+    except OSError as e:
+        raise _os_error(maildir, e) from e
+    finally:
+        if fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
         if tmp:
             with suppress(OSError):
                 os.unlink(tmp)

@@ -12,7 +12,6 @@ ready at that moment and throughput grows with concurrency.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -112,29 +111,6 @@ class Batcher(Generic[T]):
             else:
                 d.callback(outcome)
         self._next()
-
-
-#: Threads of :func:`disk_pool`.
-DISK_THREADS = 8
-_disk_pool: Any = None
-_disk_pool_lock = threading.Lock()
-
-
-def disk_pool() -> Any:
-    """A process-wide ``concurrent.futures`` pool for blocking calls that a job
-    already running in a thread fans out (the fsyncs of a commit batch): while
-    one waits for the disk the others can start theirs, and the block layer
-    merges their cache flushes.  Its threads hold the interpreter
-    lock only between system calls."""
-    global _disk_pool
-    if _disk_pool is None:
-        with _disk_pool_lock:
-            if _disk_pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                _disk_pool = ThreadPoolExecutor(DISK_THREADS,
-                                                thread_name_prefix="indimail-disk")
-    return _disk_pool
 
 
 class CallBatcher:

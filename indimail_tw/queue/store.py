@@ -49,7 +49,6 @@ from typing import Any
 
 from indimail_tw import fsutil
 from indimail_tw.queue import records
-from indimail_tw.queue.batch import disk_pool
 from indimail_tw.queue.envelope import Envelope
 from indimail_tw.queue.states import RecipientState
 
@@ -296,13 +295,13 @@ class QueueStore:
 
     def _prepare_all(self, batch: Sequence[Prepared | Pending]) -> list[Prepared | BaseException]:
         """:meth:`_prepare_pending` for every Pending one, but all files are written
-        first and then fsynced together (:func:`fsync_all`), so the disk sees the
+        first and then fsynced together (:func:`fsutil.fsync_all`), so the disk sees the
         batch's flushes at once instead of one after the other."""
         written: list[tuple[Pending, int] | Prepared | BaseException] = []
         for p in batch:
             written.append(self._write_pending(p) if isinstance(p, Pending) else p)
         fds = [fd for w in written if isinstance(w, tuple) for fd in (w[0].data.fd, w[1])]
-        errors = dict(zip(fds, fsync_all(fds)))
+        errors = dict(zip(fds, fsutil.fsync_all(fds)))
         results: list[Prepared | BaseException] = []
         for w in written:
             if not isinstance(w, tuple):
@@ -541,27 +540,6 @@ class QueueStore:
         if os.path.lexists(src):
             fsutil.rename(src, os.path.join(self.corrupt, f"{msg_id}.info"))
         fsutil.fsync_dirs([self.corrupt, self.info])
-
-
-def fsync_all(fds: Sequence[int]) -> list[OSError | None]:
-    """fsync every fd, several at once; one entry per fd: None or its error.
-
-    The fsyncs of a batch are issued concurrently (in :func:`batch.disk_pool`,
-    whose threads hold the interpreter lock only to start and finish each
-    call), so the block layer can merge their cache flushes instead of serving
-    them one by one.
-    """
-    if len(fds) <= 1:
-        return [_fsync_one(fd) for fd in fds]
-    return list(disk_pool().map(_fsync_one, fds))
-
-
-def _fsync_one(fd: int) -> OSError | None:
-    try:
-        fsutil.fsync_file(fd)
-    except OSError as e:
-        return e
-    return None
 
 
 class Spares:

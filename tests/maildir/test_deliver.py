@@ -253,3 +253,59 @@ def test_shared_syncs_failure_keeps_the_tmp_names(maildir, message, monkeypatch)
             deliver(maildir, message)
             monkeypatch.setattr(fsutil, "fsync_dir", broken)
     assert len(listing(maildir, "tmp")) == 1     # the data stays until new/ is durable
+
+
+def test_shared_syncs_fsync_every_file_before_any_link(tmp_path, message, monkeypatch):
+    """Inside the block a delivery is only written; at its end every file is
+    fsynced (all at once) before the first is linked into new/."""
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    boxes = [str(tmp_path / name / "Maildir") for name in ("a", "b", "c")]
+    for box in boxes:
+        make_maildir(box)
+    events = []
+    real_fsync, real_link = fsutil.fsync_file, os.link
+    monkeypatch.setattr(fsutil, "fsync_file", lambda fd: (events.append("fsync"),
+                                                          real_fsync(fd)))
+    monkeypatch.setattr(os, "link", lambda a, b: (events.append("link"), real_link(a, b)))
+    with shared_syncs():
+        results = [deliver(box, message, HEADER) for box in boxes]
+        assert events == [] and all(listing(box, "new") == [] for box in boxes)
+    assert events == ["fsync"] * 3 + ["link"] * 3
+    for box, result in zip(boxes, results):
+        assert listing(box, "new") == [os.path.basename(result.path)]
+        assert listing(box, "tmp") == []
+        with open(result.path, "rb") as f:
+            assert f.read() == HEADER + MESSAGE
+
+
+def test_shared_syncs_a_failed_fsync_publishes_nothing(tmp_path, message, monkeypatch):
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    boxes = [str(tmp_path / name / "Maildir") for name in ("a", "b")]
+    for box in boxes:
+        make_maildir(box)
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fsutil, "fsync_file", fsync)
+    with pytest.raises(OSError):
+        with shared_syncs():
+            for box in boxes:
+                deliver(box, message, HEADER)
+    for box in boxes:                 # the batch failed as a whole: it will be repeated
+        assert listing(box, "new") == [] and listing(box, "tmp") == []
+
+
+def test_shared_syncs_an_error_inside_the_block_publishes_nothing(maildir, message):
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    with pytest.raises(RuntimeError):
+        with shared_syncs():
+            deliver(maildir, message, HEADER)
+            raise RuntimeError("the job failed")
+    assert listing(maildir, "new") == [] and listing(maildir, "tmp") == []
