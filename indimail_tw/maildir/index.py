@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 
 from indimail_tw import fsutil
 from indimail_tw.maildir import quota
+from indimail_tw.maildir.watch import FolderWatch
 
 #: IMAP system flag -> Maildir info letter.
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered": "R",
@@ -401,6 +402,11 @@ class FolderIndex:
         #: mtime window then needs only a listing, not the rows.
         self._known: tuple[set[str], set[str]] | None = None
         self._known_version = -1
+        #: inotify on new/ and cur/, started before the listing that makes ``_known``:
+        #: while every event since agrees with ``_known``, no listing is needed
+        #: after this object's own changes (see indimail_tw.maildir.watch)
+        self._watch: FolderWatch | None = None
+        self._watch_tried = False
         self._dirty = False                  # this object committed rows its view lacks
         self._wal_sync_due = False           # the open transaction gave out UIDs
         self._guard = threading.RLock()      # held by each call that uses the connection
@@ -570,10 +576,14 @@ class FolderIndex:
         spare._depth = 0
         self._conn = None                       # this object is closed and empty
         self._known = None
+        self._watch, self._watch_tried = None, False    # the spare's now
         self._reset_view()
         _keep_spare(spare)
 
     def _disconnect(self) -> None:
+        watch, self._watch, self._watch_tried = self._watch, None, False
+        if watch is not None:
+            watch.close()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -640,8 +650,19 @@ class FolderIndex:
     def _scan_if_needed(self, force: bool = False) -> tuple[int, int]:
         """Scan when new/ or cur/ changed since the last scan of any process."""
         mtimes = _dir_mtimes(self.path)
+        asked = False
+        if (not force and self._watch is not None and self._known is not None
+                and self._version() == self._known_version):
+            # Every create/delete/rename since agrees with the names the rows
+            # describe (e.g. only this object's own STORE, APPEND, EXPUNGE): the
+            # directories hold those names, nothing to list or scan.
+            if self._watch.quiet(self._known):
+                return mtimes
+            asked = True                        # events used up: list before asking again
         meta = self._meta()
         if not force and (meta[4], meta[5]) == mtimes:
+            if asked:
+                self._known = None
             return mtimes
         listing = None
         if not force and self._known is not None and self._version() == self._known_version:
@@ -700,6 +721,11 @@ class FolderIndex:
         uidnext, highest = meta[1], meta[2]
         if modseq is None:
             modseq = highest + 1
+        if not self._watch_tried:               # before the listing that makes _known
+            self._watch_tried = True
+            self._watch = FolderWatch.start(self.path)
+        elif self._watch is not None:
+            self._watch.reset()                 # older events: the listing tells more
         new_names, cur_names = self._listing()
         known = (set(new_names), set(cur_names))
         moved: dict[str, tuple] = {}            # key -> row, file not where the row says

@@ -319,3 +319,26 @@ def test_cached_structure_items_read_no_index_rows(h, monkeypatch):
     h.command("a STORE 2 +FLAGS (\\Flagged)")
     again = text(h.command(line))
     assert again.count("\\Flagged") == 1 and "* 2 FETCH (FLAGS (\\Flagged \\Recent)" in again
+
+
+def test_commands_after_our_own_changes_list_no_directory(h, monkeypatch):
+    import os
+    for _ in range(3):
+        h.deliver(SIMPLE)
+    h.select()
+    h.command("a STORE 1 +FLAGS (\\Seen)")          # the first change: one full scan
+    h.command("a FETCH 1 FLAGS")
+    if h.session.selected.index._watch is None:
+        pytest.skip("no inotify here")
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: calls.append(p) or real(p))
+    h.command("a STORE 2 +FLAGS (\\Flagged)")
+    h.command("a FETCH 1:* FLAGS")
+    assert b"* 4 EXISTS\r\n" in h.command("a APPEND INBOX (\\Seen) {5}\r\nx\r\ny")
+    h.command("a STORE 4 +FLAGS.SILENT (\\Deleted)")
+    assert h.command("a EXPUNGE")[0] == b"* 4 EXPUNGE\r\n"
+    h.command("a FETCH 1:* FLAGS")
+    assert calls == []
+    h.deliver(SIMPLE)                                 # another process: seen at once
+    assert b"* 4 EXISTS\r\n" in h.command("a FETCH 1 FLAGS")

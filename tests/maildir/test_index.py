@@ -850,6 +850,7 @@ def test_a_big_view_is_loaded_from_its_snapshot_plus_later_changes(maildir, mess
 
 def test_inside_the_window_only_the_changed_directory_is_listed(maildir, message, opened,
                                                                 monkeypatch):
+    monkeypatch.setattr(index_module.FolderWatch, "start", lambda path: None)  # no inotify
     deliver(maildir, message)
     ix = opened(maildir)
     age_dirs(maildir)
@@ -864,6 +865,63 @@ def test_inside_the_window_only_the_changed_directory_is_listed(maildir, message
     deliver(maildir, message)                   # new/ changes too: both listed, found
     assert [r.uid for r in ix.sync().added] == [3]
     assert "new" in calls
+
+
+def test_own_changes_need_no_listing_with_a_watch(maildir, message, opened, monkeypatch):
+    deliver(maildir, message)
+    deliver(maildir, message)
+    ix = opened(maildir)
+    ix.store_flags(1, SEEN)                     # the first change of its own: a full scan
+    ix.sync()
+    if ix._watch is None:
+        pytest.skip("no inotify here")
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: calls.append(os.path.basename(p)) or real(p))
+    ix.store_flags(2, SEEN)                     # new/ -> cur/
+    ix.store_flags(1, frozenset({"\\Flagged"}))
+    assert ix.sync() == Changes()
+    assert calls == []
+    rec = ix.append(b"Subject: own\n\nx\n")
+    assert [r.uid for r in ix.sync().added] == [rec.uid]
+    assert calls == []
+    assert ix.expunge([1]) == [1]
+    assert ix.sync() == Changes()
+    assert calls == []
+    # another process's changes in the same instant are seen at once
+    deliver(maildir, message)
+    assert [r.uid for r in ix.sync().added] == [rec.uid + 1]
+    assert "new" in calls
+    calls.clear()
+    assert ix.sync() == Changes() and calls == []
+    other = FolderIndex.open(maildir)
+    other.store_flags(2, frozenset({"\\Answered"}))     # a rename by another connection
+    other.expunge([rec.uid])
+    other._disconnect()
+    changes = ix.sync()
+    assert [r.uid for r in changes.changed] == [2] and changes.removed == [rec.uid]
+    os.rename(f"{maildir}/new/" + os.listdir(f"{maildir}/new")[0],
+              f"{maildir}/cur/" + os.listdir(f"{maildir}/new")[0] + ":2,S")   # no index
+    assert [r.uid for r in ix.sync().changed] == [rec.uid + 1]
+
+
+def test_a_watch_that_lost_events_or_its_directory_makes_the_index_list(maildir, message,
+                                                                       opened, monkeypatch):
+    deliver(maildir, message)
+    ix = opened(maildir)
+    ix.store_flags(1, SEEN)
+    ix.sync()
+    if ix._watch is None:
+        pytest.skip("no inotify here")
+    known = ix._known
+    assert ix._watch.quiet(known)
+    ix._watch._lost = True
+    assert not ix._watch.quiet(known)
+    assert ix._watch.quiet(known)               # lost events: False once
+    ix._watch._dead = True
+    assert not ix._watch.quiet(known) and not ix._watch.quiet(known)
+    ix._disconnect()
+    assert ix._watch is None
 
 
 def test_uids_with_a_flag(maildir, message, opened):
