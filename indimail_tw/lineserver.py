@@ -10,13 +10,55 @@ A mixin of a Twisted ``Protocol`` that has ``parser`` (with ``buffered``,
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 log = Logger()
+
+
+def no_delay(transport: Any) -> None:
+    """Switch Nagle's algorithm off where the transport has a TCP socket: replies
+    are small and each waits for the client's next command, so Nagle plus the
+    peer's delayed ACK would hold every reply up to 40 ms."""
+    # not TCP (a UNIX socket, a test transport): nothing to do
+    with contextlib.suppress(AttributeError, NotImplementedError, OSError):
+        transport.setTcpNoDelay(True)
+
+
+def direct_socket(transport: Any) -> Any:
+    """The socket of a plain TCP transport (reactor-driven, no TLS), else None."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        return transport.socket
+    return None
+
+
+def send_now(transport: Any, sock: Any, data: bytes) -> None:
+    """``transport.write(data)``, but sending at once what the socket takes when
+    nothing is queued before it.
+
+    ``transport.write`` only queues the bytes, asks the reactor for a writable
+    event and sends them on the next loop turn: two ``epoll_ctl`` calls and a
+    dispatch per reply, about a tenth of the CPU of a POP3 RETR or an SMTP
+    transaction.  ``sock`` is :func:`direct_socket`'s result, None under TLS
+    (then everything goes through the transport).  Whatever the socket does not
+    take at once is queued in order behind nothing.
+    """
+    if (sock is not None and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected and not transport.disconnecting
+            and transport.producer is None):
+        try:
+            sent = sock.send(data)
+        except OSError:          # EAGAIN, or an error the transport's own write will meet
+            sent = 0
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class LineServerMixin:
@@ -29,6 +71,9 @@ class LineServerMixin:
     _closing: bool
     _paused: bool
     _waiting: bool
+    #: the plain TCP socket replies may be sent on directly (:func:`send_now`);
+    #: None under TLS (set by the protocol once it knows the transport)
+    _socket: Any = None
 
     #: pause reading when this many bytes wait for the session; resume below the low mark
     high_water = 64 * 1024
@@ -72,6 +117,7 @@ class LineServerMixin:
     def _start_tls(self) -> None:
         """Start TLS; whatever the client pipelined after the command is discarded
         (the plaintext-injection class of bugs)."""
+        self._socket = None              # from now on every byte goes through TLS
         dropped = self.parser.discard_buffered()
         if dropped:
             log.warn("discarded {n} bytes pipelined after {command} from {ip}", n=dropped,

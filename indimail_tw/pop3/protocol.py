@@ -29,12 +29,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from twisted.internet import interfaces, protocol, tcp
+from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from indimail_tw.lineserver import LineServerMixin
+from indimail_tw.lineserver import LineServerMixin, direct_socket, no_delay, send_now
 from indimail_tw.pop3.parser import MessageEncoder, POP3Parser
 from indimail_tw.pop3.replies import INTERNAL_ERROR, MessageBody, Response, err
 from indimail_tw.pop3.session import POP3Session
@@ -52,35 +52,6 @@ def client_of(transport: Any, service: str) -> Any:
     from indimail_tw.smtp.protocol import client_of as smtp_client_of
 
     return smtp_client_of(transport, service)
-
-
-def no_delay(transport: Any) -> None:
-    with contextlib.suppress(AttributeError, NotImplementedError, OSError):
-        transport.setTcpNoDelay(True)
-
-
-def direct_socket(transport: Any) -> Any:
-    """The socket of a plain TCP transport (reactor-driven, no TLS), else None."""
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        return transport.socket
-    return None
-
-
-def send_now(transport: Any, sock: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending at once what the socket takes when nothing is
-    queued before it (see the module docstring); the rest is queued in order."""
-    if (sock is not None and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-            and transport.connected and not transport.disconnecting
-            and transport.producer is None):
-        try:
-            sent = sock.send(data)
-        except OSError:          # EAGAIN, or an error the transport's own write will meet
-            sent = 0
-        if sent >= len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 @implementer(interfaces.IPullProducer)
@@ -144,7 +115,6 @@ class POP3ServerProtocol(LineServerMixin, protocol.Protocol):
         self._closing = False
         self._timer: Any = None
         self._stream: _MessageStream | None = None
-        self._socket: Any = None         # set while replies may bypass the transport's buffer
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -287,12 +257,6 @@ class POP3ServerProtocol(LineServerMixin, protocol.Protocol):
         self._stream = None
         self.transport.unregisterProducer()
         self._close()
-
-    # -- TLS -------------------------------------------------------------------------------------
-
-    def _start_tls(self) -> None:
-        self._socket = None              # from now on every byte goes through TLS
-        LineServerMixin._start_tls(self)
 
     # -- idle timeout ----------------------------------------------------------------------------
 

@@ -301,7 +301,7 @@ class QueueStore:
         for p in batch:
             written.append(self._write_pending(p) if isinstance(p, Pending) else p)
         fds = [fd for w in written if isinstance(w, tuple) for fd in (w[0].data.fd, w[1])]
-        errors = dict(zip(fds, fsutil.fsync_all(fds)))
+        errors = dict(zip(fds, fsutil.fsync_all(fds), strict=True))
         results: list[Prepared | BaseException] = []
         for w in written:
             if not isinstance(w, tuple):
@@ -626,9 +626,8 @@ class Spares:
             raise
 
     def _forget(self, name: str) -> None:
-        with self._lock:
-            with contextlib.suppress(ValueError):
-                self._names.remove(name)
+        with self._lock, contextlib.suppress(ValueError):
+            self._names.remove(name)
 
 
 def _load_renameat2() -> Any:

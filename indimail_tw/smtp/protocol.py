@@ -26,14 +26,13 @@ would stall that long.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from indimail_tw.lineserver import LineServerMixin
+from indimail_tw.lineserver import LineServerMixin, direct_socket, no_delay, send_now
 from indimail_tw.policy.base import Client
 from indimail_tw.smtp.parser import SMTPParser
 from indimail_tw.smtp.replies import Response
@@ -56,12 +55,6 @@ def client_of(transport: Any, service: str) -> Client:
                   local_ip=getattr(host, "host", "") or "",
                   local_port=getattr(host, "port", 0) or 0, service=service)
 
-
-def no_delay(transport: Any) -> None:
-    """Switch Nagle's algorithm off where the transport has a TCP socket (see above)."""
-    # not TCP (a UNIX socket, a test transport): nothing to do
-    with contextlib.suppress(AttributeError, NotImplementedError, OSError):
-        transport.setTcpNoDelay(True)
 
 
 class SMTPServerProtocol(LineServerMixin, protocol.Protocol):
@@ -89,6 +82,8 @@ class SMTPServerProtocol(LineServerMixin, protocol.Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.client = client_of(self.transport, self.factory.service)
         no_delay(self.transport)
+        if not self.factory.tls_on_connect:
+            self._socket = direct_socket(self.transport)
         if self.factory.tls_on_connect:             # implicit TLS on a plain listener (465)
             try:
                 self.transport.startTLS(self.factory.tls_options())
@@ -208,7 +203,7 @@ class SMTPServerProtocol(LineServerMixin, protocol.Protocol):
             timer.cancel()
         if self._out:
             out, self._out = self._out, []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            send_now(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out))
 
     # -- TLS -------------------------------------------------------------------------------------
 

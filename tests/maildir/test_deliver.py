@@ -248,10 +248,9 @@ def test_shared_syncs_failure_keeps_the_tmp_names(maildir, message, monkeypatch)
     def broken(path):
         raise OSError(errno.EIO, "I/O error")
 
-    with pytest.raises(OSError):
-        with shared_syncs():
-            deliver(maildir, message)
-            monkeypatch.setattr(fsutil, "fsync_dir", broken)
+    with pytest.raises(OSError), shared_syncs():
+        deliver(maildir, message)
+        monkeypatch.setattr(fsutil, "fsync_dir", broken)
     assert len(listing(maildir, "tmp")) == 1     # the data stays until new/ is durable
 
 
@@ -272,7 +271,7 @@ def test_shared_syncs_fsync_every_file_before_any_link(tmp_path, message, monkey
         results = [deliver(box, message, HEADER) for box in boxes]
         assert events == [] and all(listing(box, "new") == [] for box in boxes)
     assert events == ["fsync"] * 3 + ["link"] * 3
-    for box, result in zip(boxes, results):
+    for box, result in zip(boxes, results, strict=True):
         assert listing(box, "new") == [os.path.basename(result.path)]
         assert listing(box, "tmp") == []
         with open(result.path, "rb") as f:
@@ -293,10 +292,9 @@ def test_shared_syncs_a_failed_fsync_publishes_nothing(tmp_path, message, monkey
             raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(fsutil, "fsync_file", fsync)
-    with pytest.raises(OSError):
-        with shared_syncs():
-            for box in boxes:
-                deliver(box, message, HEADER)
+    with pytest.raises(OSError), shared_syncs():
+        for box in boxes:
+            deliver(box, message, HEADER)
     for box in boxes:                 # the batch failed as a whole: it will be repeated
         assert listing(box, "new") == [] and listing(box, "tmp") == []
 
@@ -304,8 +302,7 @@ def test_shared_syncs_a_failed_fsync_publishes_nothing(tmp_path, message, monkey
 def test_shared_syncs_an_error_inside_the_block_publishes_nothing(maildir, message):
     from indimail_tw.maildir.deliver import shared_syncs
 
-    with pytest.raises(RuntimeError):
-        with shared_syncs():
-            deliver(maildir, message, HEADER)
-            raise RuntimeError("the job failed")
+    with pytest.raises(RuntimeError), shared_syncs():
+        deliver(maildir, message, HEADER)
+        raise RuntimeError("the job failed")
     assert listing(maildir, "new") == [] and listing(maildir, "tmp") == []

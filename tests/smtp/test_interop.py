@@ -35,7 +35,9 @@ USER, PASSWORD = "alice@example.com", "s3cret-Pw"
 MESSAGE = b"From: alice@example.com\r\nTo: friend@remote.example\r\nSubject: hi\r\n\r\nhello\r\n"
 
 
-class InteropTests(EngineMixin, unittest.TestCase):
+class LoopbackServer:
+    """A listening SMTP server on the real reactor, with the real store and checker."""
+
     timeout = 60
 
     def setUp(self):
@@ -77,6 +79,8 @@ class InteropTests(EngineMixin, unittest.TestCase):
         context.check_hostname = False
         return context
 
+
+class InteropTests(LoopbackServer, EngineMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_plain_smtplib_to_a_local_user(self):
         port = self.listen()
@@ -269,3 +273,57 @@ class InteropTests(EngineMixin, unittest.TestCase):
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         self.assertEqual(code, 0, out + err)
         self.assertEqual(len(self.site.queue.messages), 1)
+
+
+class DirectSendTests(LoopbackServer, EngineMixin, unittest.TestCase):
+    """Replies on plain TCP go straight to the socket (lineserver.send_now); after
+    STARTTLS every byte goes through the TLS transport."""
+
+    def listen_watched(self, service):
+        factory = self.factory(service)
+        writes = self.writes = []
+        build_protocol = factory.buildProtocol
+
+        def build(addr):
+            proto = build_protocol(addr)
+            made = proto.connectionMade
+
+            def connection_made():
+                real = proto.transport.write
+                proto.transport.write = lambda data: (writes.append(data), real(data))
+                made()
+
+            proto.connectionMade = connection_made
+            return proto
+
+        factory.buildProtocol = build
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.ports.append(port)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_plain_replies_bypass_the_transport_buffer(self):
+        port = self.listen_watched("smtp")
+
+        def send():
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo("client.example.org")
+                return s.sendmail("sender@remote.example", [USER], MESSAGE)
+
+        self.assertEqual((yield threads.deferToThread(send)), {})
+        self.assertEqual(len(self.site.queue.messages), 1)
+        self.assertEqual(self.writes, [])     # greeting, EHLO, MAIL..DATA, QUIT: all direct
+
+    @defer.inlineCallbacks
+    def test_after_starttls_replies_go_through_tls(self):
+        port = self.listen_watched("submission")
+        tls = self.client_tls()
+
+        def send():
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo("client.example.org")
+                s.starttls(context=tls)
+                return s.ehlo("client.example.org")[0]
+
+        self.assertEqual((yield threads.deferToThread(send)), 250)
+        self.assertTrue(self.writes)          # the TLS transport carried the replies

@@ -8,7 +8,7 @@ import socket
 from twisted.internet import tcp
 from twisted.trial import unittest
 
-from indimail_tw.pop3.protocol import direct_socket, send_now
+from indimail_tw.lineserver import direct_socket, send_now
 
 
 class FakeSocket:
