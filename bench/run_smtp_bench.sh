@@ -50,9 +50,21 @@ for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$OUR_PORT) 2>/dev/null && break; sleep 0.1
 done
 
+# Server CPU (user + system seconds, workers and reaped children included), read before
+# and after each load: the per-message figure stays meaningful on a shared machine.
+PF_PROCS=master,smtpd,cleanup,qmgr,virtual,trivial-rewrite,anvil,pickup,proxymap,tlsmgr,scache,bounce
+cpu() {  # indimail_tw|postfix
+    if [ "$1" = indimail_tw ]; then "$PY" "$HERE/proc_cpu.py" --tree "$OUR_PID"
+    else "$PY" "$HERE/proc_cpu.py" --comm "$PF_PROCS"; fi
+}
 run() {  # name port maildir-glob
-    "$PY" "$HERE/smtp_load.py" --port "$2" --sessions "$SESSIONS" --messages "$MESSAGES" \
-        --size "$SIZE" --domain bench.test --users 10 --maildirs "$3"
+    local before after result
+    before=$(cpu "$1")
+    result=$("$PY" "$HERE/smtp_load.py" --port "$2" --sessions "$SESSIONS" --messages "$MESSAGES" \
+        --size "$SIZE" --domain bench.test --users 10 --maildirs "$3")
+    after=$(cpu "$1")
+    "$PY" -c 'import json, sys; r = json.loads(sys.argv[1]); r["server_cpu_ms_per_msg"] = round((float(sys.argv[3]) - float(sys.argv[2])) * 1000 / r["messages"], 3); print(json.dumps(r))' \
+        "$result" "$before" "$after"
 }
 for round in $(seq 1 "$ROUNDS"); do
     ours=$(run indimail_tw "$OUR_PORT" "$ROOT/mail/*/bench.test/user*/Maildir")
@@ -62,7 +74,7 @@ for round in $(seq 1 "$ROUNDS"); do
     "$PY" - "$ours" "$pf" <<'PYEOF'
 import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for key in ("accepted_per_s", "delivered_per_s"):
+for key in ("accepted_per_s", "delivered_per_s", "server_cpu_ms_per_msg"):
     print(f"  {key}: indimail_tw {a[key]} / postfix {b[key]} = {a[key] / b[key]:.2f}x")
 PYEOF
 done
