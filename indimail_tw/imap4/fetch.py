@@ -282,6 +282,11 @@ def do_fetch(session: Any, tag: bytes, args: Any):
     uids = [u for _, u in msgs]
     folder = (getattr(index, "path", None), getattr(index, "uidvalidity", None))
     pres = _structures(index, folder, uids) if plan.need_tree and uids else {}
+    if (plan.view_and_structure and not plan.utf8 and not sel.gone and len(pres) == len(uids)
+            and hasattr(index, "view_arrays")):
+        fast = _structure_lines(tag, plan, msgs, pres, index, head)
+        if fast is not None:
+            return fast
     if plan.view_and_structure and hasattr(index, "modseq"):
         # ENVELOPE, BODYSTRUCTURE, FLAGS: the view and the structure cache answer;
         # rows (file paths) only for messages whose structure must be parsed
@@ -351,6 +356,50 @@ class _ViewRecord:
 
     def __init__(self, uid: int, flags: frozenset, modseq: int) -> None:
         self.uid, self.flags, self.modseq = uid, flags, modseq
+
+
+def _structure_lines(tag: bytes, plan: FetchPlan, msgs: list[tuple[int, int]],
+                     pres: dict[int, mime.Structure], index: Any, head: list[bytes]
+                     ) -> list[bytes] | None:
+    """FLAGS, UID, MODSEQ, ENVELOPE, BODY, BODYSTRUCTURE of messages whose structures
+    are all cached, straight from the view's arrays: what :func:`render` gives,
+    without a record, a Loaded or a generic item loop per message.  None when a
+    message is not in the view (the general path says EXPUNGEISSUED)."""
+    uids, fids, fsets, modseqs = index.view_arrays()
+    sel = plan.sel
+    recent = sel.recent if not sel.rev2 else ()
+    names = tuple(i.name for i in plan.items)
+    shown: dict[int, bytes] = {}
+    lines = list(head)
+    n = len(uids)
+    for seq, uid in msgs:
+        k = bisect.bisect_left(uids, uid)
+        if k == n or uids[k] != uid:
+            return None
+        pre = pres[uid]
+        parts = []
+        for name in names:
+            if name == "FLAGS":
+                if recent and uid in recent:
+                    parts.append(b"FLAGS " + flag_list(fsets[fids[k]] | {"\\Recent"}))
+                else:
+                    flags = shown.get(fids[k])
+                    if flags is None:
+                        flags = shown[fids[k]] = b"FLAGS " + flag_list(fsets[fids[k]])
+                    parts.append(flags)
+            elif name == "ENVELOPE":
+                parts.append(b"ENVELOPE " + pre.envelope)
+            elif name == "BODYSTRUCTURE":
+                parts.append(b"BODYSTRUCTURE " + pre.bodystructure)
+            elif name == "BODY":
+                parts.append(b"BODY " + pre.body)
+            elif name == "UID":
+                parts.append(b"UID %d" % uid)
+            else:                               # MODSEQ
+                parts.append(b"MODSEQ (%d)" % modseqs[k])
+        lines.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+    lines.append(wire.tagged(tag, "OK", "Fetch completed"))
+    return lines
 
 
 def _view_records(index: Any, uids: list[int]) -> dict[int, _ViewRecord]:

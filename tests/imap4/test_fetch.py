@@ -342,3 +342,18 @@ def test_commands_after_our_own_changes_list_no_directory(h, monkeypatch):
     assert calls == []
     h.deliver(SIMPLE)                                 # another process: seen at once
     assert b"* 4 EXISTS\r\n" in h.command("a FETCH 1 FLAGS")
+
+
+@pytest.mark.parametrize("line", [
+    "a FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE)", "a UID FETCH 2:* (BODY FLAGS)",
+    "a FETCH 2,4 (MODSEQ ENVELOPE UID)", "a UID FETCH 1:* (ENVELOPE) (CHANGEDSINCE 1)"])
+def test_cached_structure_lines_are_those_of_the_general_path(h, monkeypatch, line):
+    for i in range(4):
+        h.deliver(MULTI if i % 2 else SIMPLE)
+    h.select()
+    h.command("a STORE 3 +FLAGS (\\Seen $Work)")
+    h.command("a FETCH 1:* (ENVELOPE BODYSTRUCTURE)")      # parsed and cached
+    fast = h.command(line)
+    assert any(b"FETCH (" in x for x in fast)
+    monkeypatch.setattr(fetch, "_structure_lines", lambda *args: None)
+    assert h.command(line) == fast
