@@ -284,7 +284,9 @@ class Ours:
         pass
 
     def cpu(self) -> float:
-        return cpu_seconds(self.process.pid, reaped_children=True)
+        """This process and the workers it started (``--workers N``)."""
+        return (cpu_seconds(self.process.pid, reaped_children=True)
+                + sum(cpu_seconds(pid) for pid in children(self.process.pid)))
 
     def memory_kb(self) -> int:
         """PSS of the server (one process: about its RSS)."""
