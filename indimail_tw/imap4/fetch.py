@@ -317,6 +317,8 @@ def do_fetch(session: Any, tag: bytes, args: Any):
     if len(jobs) <= INLINE_FILES and octets <= INLINE_OCTETS:
         cached.update(_read_batch(jobs))
         return _after_reads(session, tag, plan, msgs, records, cached, jobs, head, missing)
+    if (len(jobs) > BATCH_FILES or octets > BATCH_OCTETS) and not plan.binary:
+        return _streamed(session, tag, plan, msgs, records, cached, jobs, head, bool(missing))
     batches = _batches(jobs, records)
 
     def next_batch(result: dict[int, Loaded] | None):
@@ -553,30 +555,37 @@ def _batches(jobs: list, records: dict) -> list[list]:
 
 def _after_reads(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, jobs,
                  head, missing) -> list[bytes]:
-    index = plan.sel.index
-    lost = False
-    for uid, _path, pre, need_data, _tree in jobs:
-        if uid in cached:
-            continue
-        try:                                # renamed meanwhile? the index knows
-            data = mime.normalise(index.read(uid))
-        except OSError:
-            lost = True
-            continue
-        cached[uid] = _loaded(data, pre, need_data, plan.need_tree)
-    for uid, loaded in cached.items():
-        if loaded.fresh:
-            loaded.fresh = False
-            with contextlib.suppress(Exception):      # the cache is only a cache
-                index.cache_put(uid, CACHE_KEY, mime.dump(loaded.root))
+    lost = _reread(plan, jobs, cached)
     return _finish(session, tag, plan, msgs, records, cached, head, bool(missing) or lost)
 
 
 def _finish(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, head,
             incomplete: bool) -> list[bytes]:
+    lines = list(head)
+    rendered = _render_all(plan, msgs, records, cached)
+    if rendered is None:
+        # RFC 3516 4.3: nothing is sent (and no \Seen set) for a FETCH that fails
+        return [wire.tagged(tag, "NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")]
+    lines += rendered[0]
+    lines.append(_done(tag, incomplete or rendered[1]))
+    return lines
+
+
+def _done(tag: bytes, incomplete: bool) -> bytes:
+    if incomplete:
+        return wire.tagged(tag, "NO", "Some of the requested messages no longer exist",
+                           "EXPUNGEISSUED")
+    return wire.tagged(tag, "OK", "Fetch completed")
+
+
+def _render_all(plan: FetchPlan, msgs, records, cached) -> tuple[list[bytes], bool] | None:
+    """The FETCH lines of ``msgs`` (setting \\Seen where the items do) and whether
+    some could not be answered; None when a BINARY item meets an unknown
+    Content-Transfer-Encoding (then nothing may be sent)."""
     sel = plan.sel
     index = sel.index
-    lines = list(head)
+    lines: list[bytes] = []
+    incomplete = False
     need_loaded = plan.need_content or plan.need_tree
     todo = []
     for seq, uid in msgs:
@@ -586,9 +595,7 @@ def _finish(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, he
             incomplete = True
             continue
         if plan.binary and not _cte_known(plan, loaded):
-            # RFC 3516 4.3: nothing is sent (and no \Seen set) for a FETCH that fails
-            return [wire.tagged(tag, "NO", "Unknown Content-Transfer-Encoding",
-                                "UNKNOWN-CTE")]
+            return None
         todo.append((seq, uid, rec, loaded))
     stored: dict[int, Any] = {}
     if plan.sets_seen:
@@ -605,12 +612,82 @@ def _finish(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, he
             rec = stored[uid]
         flags = rec.flags | {"\\Recent"} if uid in recent else rec.flags
         lines.append(render(plan, seq, rec, loaded, flags, changed))
-    if incomplete:
-        lines.append(wire.tagged(tag, "NO", "Some of the requested messages no longer exist",
-                                 "EXPUNGEISSUED"))
-    else:
-        lines.append(wire.tagged(tag, "OK", "Fetch completed"))
-    return lines
+    return lines, incomplete
+
+
+def _streamed(session: Any, tag: bytes, plan: FetchPlan, msgs, records, cached, jobs,
+              head, incomplete: bool) -> Iterator[Any]:
+    """A FETCH too big to hold at once (more than one read job): the lines of one
+    group of messages at a time, each group's files read by a thread job.
+
+    Yields lines and, while a group's files are being read, the Deferred of that
+    read: the protocol waits for it before asking for more, and asks for more
+    only while the client keeps up with what was written, so memory holds one
+    group's messages whatever the size of the mailbox (BATCH_FILES files,
+    BATCH_OCTETS octets, or one message when it alone is bigger).
+    """
+    yield from head
+    job_of = {job[0]: job for job in jobs}
+    for group in _groups(msgs, job_of, records):
+        group_jobs = [job_of[uid] for _, uid in group if uid in job_of]
+        loaded = {uid: cached[uid] for _, uid in group if uid in cached}
+        if group_jobs:
+            box: list[Any] = []
+            d = session.run(_read_batch, group_jobs)
+            d.addBoth(box.append)
+            if not box:
+                yield d
+            result = box[0]
+            if not isinstance(result, dict):          # a Failure: the protocol answers
+                result.raiseException()
+            loaded.update(result)
+            incomplete |= _reread(plan, group_jobs, loaded)
+        rendered = _render_all(plan, group, records, loaded)
+        if rendered is None:                          # binary plans are never streamed
+            raise AssertionError("BINARY FETCH streamed")
+        yield from rendered[0]
+        incomplete |= rendered[1]
+    yield _done(tag, incomplete)
+
+
+def _groups(msgs, job_of: dict, records: dict) -> Iterator[list[tuple[int, int]]]:
+    """``msgs`` cut into consecutive groups whose files fit one read job."""
+    group: list[tuple[int, int]] = []
+    files = octets = 0
+    for seq, uid in msgs:
+        if uid in job_of:
+            size = records[uid].size
+            if files and (files >= BATCH_FILES or octets + size > BATCH_OCTETS):
+                yield group
+                group, files, octets = [], 0, 0
+            files += 1
+            octets += size
+        group.append((seq, uid))
+    if group:
+        yield group
+
+
+def _reread(plan: FetchPlan, jobs, cached: dict) -> bool:
+    """After a read job: files renamed meanwhile are read again through the index
+    (on this thread: few and small), fresh trees go into the structure cache.
+    Returns whether some message could not be read at all."""
+    index = plan.sel.index
+    lost = False
+    for uid, _path, pre, need_data, _tree in jobs:
+        if uid in cached:
+            continue
+        try:                                # renamed meanwhile? the index knows
+            data = mime.normalise(index.read(uid))
+        except OSError:
+            lost = True
+            continue
+        cached[uid] = _loaded(data, pre, need_data, plan.need_tree)
+    for uid, loaded in cached.items():
+        if loaded.fresh:
+            loaded.fresh = False
+            with contextlib.suppress(Exception):      # the cache is only a cache
+                index.cache_put(uid, CACHE_KEY, mime.dump(loaded.root))
+    return lost
 
 
 # -- SEARCH's view of a message ---------------------------------------------------------

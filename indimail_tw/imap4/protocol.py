@@ -55,6 +55,7 @@ class IMAPServerProtocol(protocol.Protocol):
         self.admitted = False            # counted by the factory's limiter
         self._events: deque = deque()
         self._reply: Any = None          # the iterator being written
+        self._reply_wait: defer.Deferred | None = None   # what it waits for (see _write_reply)
         self._tag: bytes | None = None   # the tag of the command being answered
         self._busy = True                # until the greeting is out
         self._pumping = False
@@ -180,11 +181,18 @@ class IMAPServerProtocol(protocol.Protocol):
         self._write_reply()
 
     def _write_reply(self) -> None:
-        while self._reply is not None and not self._out_paused and not self._closing:
+        """Write the reply's lines while the transport takes them.  A reply may also
+        yield a Deferred (a big FETCH reading its next files): what came before
+        it is written and the rest waits until it has fired."""
+        while (self._reply is not None and not self._out_paused and not self._closing
+               and self._reply_wait is None):
             batch, size, done = [], 0, False
             try:
                 while size < CHUNK:
                     line = next(self._reply)
+                    if isinstance(line, defer.Deferred):
+                        self._reply_wait = line
+                        break
                     batch.append(line)
                     size += len(line)
             except StopIteration:
@@ -198,6 +206,15 @@ class IMAPServerProtocol(protocol.Protocol):
                 self._reply = None
                 self._after_reply()
                 return
+            if self._reply_wait is not None:
+                # the reply handles the result (or failure) itself; only go on after it
+                self._reply_wait.addBoth(self._reply_ready)
+                return
+
+    def _reply_ready(self, _result: Any) -> None:
+        self._reply_wait = None
+        if self._reply is not None and not self._closing:
+            self._write_reply()
 
     def _after_reply(self) -> None:
         session = self.session

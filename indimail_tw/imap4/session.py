@@ -307,9 +307,18 @@ class IMAPSession(MailboxCommands, MessageCommands):
         return self._with_updates(result, expunge_ok)
 
     def _with_updates(self, lines: Iterable[bytes], expunge_ok: bool) -> Iterator[bytes]:
-        """``lines`` with the selected mailbox's pending updates before the last one."""
+        """``lines`` with the selected mailbox's pending updates before the last one.
+
+        A Deferred among the lines (a streamed FETCH waiting for its next reads)
+        is passed on at once: the lines after it exist only once it has fired."""
         previous, have = None, False
         for line in lines:
+            if isinstance(line, defer.Deferred):
+                if have:
+                    yield previous
+                    have = False
+                yield line
+                continue
             if have:
                 yield previous
             previous, have = line, True

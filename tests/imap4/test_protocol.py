@@ -206,3 +206,87 @@ def test_idle_update_that_ends_the_session(server):
     server.clock.advance(1)
     assert conn.lines() == ["* BYE [UNAVAILABLE] Mailbox UIDVALIDITY changed, reconnect"]
     assert conn.closed
+
+
+def test_a_big_fetch_reads_one_group_at_a_time_as_the_client_reads(monkeypatch):
+    """FETCH 1:* BODY[] over more messages than one read job takes is streamed: the
+    files of the next group are read only once the client has taken what was
+    written, so memory holds one group whatever the size of the folder."""
+    from indimail_tw.imap4 import fetch
+
+    monkeypatch.setattr(fetch, "BATCH_FILES", 3)
+    monkeypatch.setattr(fetch, "INLINE_FILES", 0)
+    server = Server()
+    reads = []
+
+    def run(fn, *args):
+        if fn is fetch._read_batch:              # held until the test lets it finish
+            d = defer.Deferred()
+            reads.append((args[0], d))
+            return d
+        return defer.maybeDeferred(fn, *args)
+
+    server.factory.run = run
+    try:
+        conn = server.connect()
+        conn.login()
+        for i in range(8):
+            put(server.maildir(), b"Subject: m%d\n\nbody %d\n" % (i, i))
+        conn.ask("s SELECT INBOX")
+        write = conn.transport.write
+
+        def slow_reader(data):
+            write(data)
+            conn.proto.pauseProducing()
+
+        conn.transport.write = slow_reader
+        conn.send("f FETCH 1:* (BODY.PEEK[])\r\n")
+        seen = []
+        while conn.proto._reply is not None:
+            waiting = [r for r in reads if not r[1].called]
+            assert len(waiting) <= 1                  # one group read at a time
+            if waiting:
+                jobs, d = waiting[0]
+                d.callback(fetch._read_batch(jobs))
+            conn.proto.resumeProducing()
+            seen.append(conn.output())
+        out = b"".join(seen)
+        assert [len(jobs) for jobs, _ in reads] == [3, 3, 2]
+        for i in range(8):
+            assert b"* %d FETCH (BODY[] {" % (i + 1) in out and b"body %d\r\n" % i in out
+        assert out.endswith(b"f OK Fetch completed\r\n")
+    finally:
+        server.cleanup()
+
+
+def test_a_streamed_fetch_reports_messages_gone_meanwhile(monkeypatch):
+    import os
+
+    from indimail_tw.imap4 import fetch
+
+    monkeypatch.setattr(fetch, "BATCH_FILES", 2)
+    monkeypatch.setattr(fetch, "INLINE_FILES", 0)
+    server = Server()
+    try:
+        conn = server.connect()
+        conn.login()
+        paths = [put(server.maildir(), b"Subject: m%d\n\nbody\n" % i) for i in range(5)]
+        conn.ask("s SELECT INBOX")
+        real = fetch._read_batch
+
+        unique = os.path.basename(paths[4]).split(",")[0]
+
+        def read_and_lose(jobs):                  # another process expunges the last one
+            for sub in ("new", "cur"):
+                folder = os.path.join(server.maildir(), sub)
+                for name in os.listdir(folder):
+                    if name.startswith(unique):
+                        os.unlink(os.path.join(folder, name))
+            return real(jobs)
+
+        monkeypatch.setattr(fetch, "_read_batch", read_and_lose)
+        lines = conn.ask("f FETCH 1:* (BODY.PEEK[])")
+        assert lines[-1].startswith("f NO [EXPUNGEISSUED]")
+        assert sum(1 for line in lines if " FETCH (BODY[] {" in line) == 4
+    finally:
+        server.cleanup()
