@@ -22,13 +22,21 @@ _host: tuple[int, str] | None = None     # (pid, host name as used in unique nam
 
 
 def _unique_host() -> tuple[int, str]:
-    """This process's id and the host name, looked up once per process (as qmail does)."""
+    """This process's id and the host name, looked up once per process (as qmail does;
+    a forked child looks them up again)."""
     global _host
-    pid = os.getpid()
-    if _host is None or _host[0] != pid:
+    if _host is None:
         name = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-        _host = (pid, name)
+        _host = (os.getpid(), name)
     return _host
+
+
+def _forget_host() -> None:
+    global _host
+    _host = None
+
+
+os.register_at_fork(after_in_child=_forget_host)
 
 
 def unique_name() -> str:
