@@ -28,6 +28,9 @@ log = Logger()
 
 #: Search inline (no thread) when keys need no message text, or for this few messages.
 INLINE_SEARCH = 50
+#: EXPUNGE of at most this many messages runs inline (unlinks and one index commit,
+#: no fsync); more go to a thread (and fsync their directories).
+INLINE_EXPUNGE = 32
 
 
 def _tagged(tag: bytes, status: str, text: str, code: str | bytes | None = None) -> bytes:
@@ -373,8 +376,29 @@ class MessageCommands:
             return [*lines, *sel.announce_expunged(sorted(removed)),
                     _tagged(tag, "OK", "Expunge completed")]
 
+        inline = getattr(index, "expunge_unsynced", None)
+        if inline is not None and len(doomed) <= INLINE_EXPUNGE:
+            # A few unlinks and one commit, no fsync (see expunge_unsynced): here,
+            # as STORE does its renames, instead of a trip to a thread and back.
+            try:
+                removed, size = inline(doomed)
+            except Exception:  # noqa: BLE001 -- the session answers NO, the log tells why
+                return self._failed(defer.Failure(), tag, "EXPUNGE")
+            if removed:
+                self._record_usage(index.path, -size, -len(removed))
+            return done(removed)
         return self._run(index.expunge, doomed).addCallbacks(
             done, self._failed, errbackArgs=(tag, "EXPUNGE"))
+
+    def _record_usage(self, folder: str, size: int, count: int) -> None:
+        """The quota file's line for a change made on this thread: written (with its
+        fsync) in a thread, not waited for; nothing to do without a quota file."""
+        from indimail_tw.maildir import index as mindex
+
+        if mindex.usage_file(folder) is None:
+            return
+        self._run(mindex.record_usage, folder, size, count).addErrback(
+            lambda f: log.failure("quota usage update of {folder} failed", f, folder=folder))
 
     # -- APPEND ----------------------------------------------------------------------------
 

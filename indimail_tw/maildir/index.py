@@ -309,6 +309,24 @@ def _quota_root(folder: str) -> str | None:
     return folder
 
 
+def usage_file(folder: str) -> str | None:
+    """The ``maildirsize`` that counts ``folder`` when there is one (a stat), else None:
+    no usage line to write, so no thread trip for it."""
+    root = _quota_root(folder)
+    if root is None:
+        return None
+    path = os.path.join(root, quota.MAILDIRSIZE)
+    return path if os.path.exists(path) else None
+
+
+def record_usage(folder: str, size: int, count: int) -> None:
+    """Add a ``<size> <count>`` line to the quota file counting ``folder`` (if it has
+    one; an fsync: blocking)."""
+    root = _quota_root(folder)
+    if root is not None and count:
+        quota.add_usage(root, size, count)
+
+
 def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:
@@ -1374,15 +1392,17 @@ class FolderIndex:
     def append(self, data: bytes, flags: frozenset = frozenset(),
                internaldate: float | None = None) -> MessageRecord:
         """Store a new message durably (tmp, fsync, rename into cur with flags, dir fsync),
-        give it the next UID; internaldate sets the file mtime."""
+        give it the next UID; internaldate (default: now) sets the file mtime."""
         info, keywords = _split_flags(flags, "")
         size = len(data)
         cur = os.path.join(self.path, "cur")
+        # the date is written with the file (no stat afterwards to learn it)
+        date = time.time() if internaldate is None else internaldate
         while True:
             unique = fsutil.unique_name()
             tmp = os.path.join(self.path, "tmp", unique)
             try:
-                fsutil.write_new_file_dated(tmp, [data], internaldate)
+                fsutil.write_new_file_dated(tmp, [data], date)
                 break
             except FileExistsError:
                 continue
@@ -1395,43 +1415,43 @@ class FolderIndex:
                 os.unlink(tmp)
             raise
         fsutil.fsync_dir(cur)
-        date = internaldate if internaldate is not None else os.stat(
-            os.path.join(cur, key + info)).st_mtime
         (record,) = self._insert_new([(key, "cur", info, keywords, size, vsize, date)])
         self._add_usage(size, 1)
         return record
 
     def _insert_new(self, entries: list[tuple]) -> list[MessageRecord]:
-        """Number files this process just put in cur/ (one transaction, in order).  A
-        file another process's scan numbered first keeps that UID (and gets our
-        keywords and date)."""
+        """Number files this process just put in cur/ (one durable transaction, in
+        order).  A file another process's scan numbered first keeps that UID (and
+        gets our keywords and date; the UID reserved for it stays unused, a gap).
+
+        Few statements (each one lets the interpreter lock go, which costs a thread
+        switch while the reactor is busy): the UIDs and the modseq are reserved by
+        one UPDATE ... RETURNING, each row is one INSERT OR IGNORE."""
         out = []
+        n = len(entries)
         with self._transaction(durable=True) as conn:
-            uidnext, modseq = conn.execute("SELECT uidnext, highestmodseq FROM meta").fetchone()
-            modseq += 1
-            for key, sub, info, keywords, size, vsize, date in entries:
-                known = conn.execute("SELECT uid FROM messages WHERE key = ?",
-                                     (key,)).fetchone()
-                if known is not None:
-                    uid = known[0]
+            first, modseq = conn.execute(
+                "UPDATE meta SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1"
+                " RETURNING uidnext - ?, highestmodseq", (n, n)).fetchone()
+            for i, (key, sub, info, keywords, size, vsize, date) in enumerate(entries):
+                uid = first + i
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (uid, key, sub, info, keywords, size, vsize, date, modseq)).rowcount
+                if inserted != 1:               # numbered by another process's scan
+                    uid = conn.execute("SELECT uid FROM messages WHERE key = ?",
+                                       (key,)).fetchone()[0]
                     conn.execute("UPDATE messages SET keywords = ?, internaldate = ?,"
                                  " modseq = ? WHERE uid = ?", (keywords, date, modseq, uid))
-                else:
-                    uid, uidnext = uidnext, uidnext + 1
-                    conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                 (uid, key, sub, info, keywords, size, vsize, date, modseq))
                 out.append(self._record((uid, key, sub, info, keywords, size, vsize, date,
                                          modseq)))
-            conn.execute("UPDATE meta SET uidnext = ?, highestmodseq = ?", (uidnext, modseq))
         for key, sub, info, *_rest in entries:
             self._known_move(None, (sub, key + info))
         self._dirty = True
         return self._sized(out)
 
     def _add_usage(self, size: int, count: int) -> None:
-        root = _quota_root(self.path)
-        if root is not None and count:
-            quota.add_usage(root, size, count)
+        record_usage(self.path, size, count)
 
     def copy_to(self, uids: list[int], target: FolderIndex) -> list[tuple[int, int]]:
         """Copy messages keeping flags and internaldate (hard link when possible);
@@ -1470,13 +1490,37 @@ class FolderIndex:
 
     def expunge(self, uids: list[int]) -> list[int]:
         """Remove the messages' files; remember (uid, modseq) for QRESYNC VANISHED;
-        returns the uids actually removed."""
+        returns the uids actually removed.  The directories are fsynced and the
+        quota file (``maildirsize``) gets its line before it returns: blocking
+        work, for a thread."""
+        removed, size = self._expunge(uids, sync_dirs=True)
+        self._add_usage(-size, -len(removed))
+        return removed
+
+    def expunge_unsynced(self, uids: list[int]) -> tuple[list[int], int]:
+        """:meth:`expunge` without the fsyncs: unlinks and one index commit
+        (``synchronous = NORMAL``), no directory fsync and no ``maildirsize`` line;
+        returns (uids removed, their bytes) for the caller's
+        :func:`record_usage`.  Cheap enough for the reactor thread when few
+        messages go (an IMAP EXPUNGE of a handful, like a STORE's renames).
+
+        Why no fsync is needed: a crash may bring an expunged message back (its
+        unlink or its tombstone lost), never lose another one.  It cannot make a
+        UID name two messages either: this commit gives out no UID, and a UID is
+        only ever given out by a durable commit (:meth:`_insert_new`, a scan's
+        :meth:`_sync_wal`), which also makes every earlier WAL frame (these
+        tombstones) durable.  After a crash the message is found under its old row
+        (same UID, same file) or, if only the tombstone survived, numbered afresh
+        as a new message with a new UID."""
+        return self._expunge(uids, sync_dirs=False)
+
+    def _expunge(self, uids: list[int], sync_dirs: bool) -> tuple[list[int], int]:
         removed: list[int] = []
         size = 0
         dirs = set()
         wanted = sorted(set(uids))
         if not wanted:
-            return []
+            return [], 0
         with self._transaction() as conn:
             rescanned = False
             for uid in wanted:
@@ -1499,14 +1543,14 @@ class FolderIndex:
                     dirs.add(os.path.join(self.path, row[1]))
                     break
             if removed:
-                fsutil.fsync_dirs(sorted(dirs))
-                modseq = conn.execute("SELECT highestmodseq FROM meta").fetchone()[0] + 1
-                conn.execute("UPDATE meta SET highestmodseq = ?", (modseq,))
+                if sync_dirs:
+                    fsutil.fsync_dirs(sorted(dirs))
+                (modseq,) = conn.execute("UPDATE meta SET highestmodseq = highestmodseq + 1"
+                                         " RETURNING highestmodseq").fetchone()
                 self._tombstone(removed, modseq)
                 self.highestmodseq = max(self.highestmodseq, modseq)
         self._drop(removed)
-        self._add_usage(-size, -len(removed))
-        return removed
+        return removed, size
 
     def vanished_since(self, modseq: int) -> list[int]:
         """UIDs expunged after ``modseq`` (for QRESYNC)."""
@@ -1578,7 +1622,7 @@ def _guarded(method):
 
 
 for _name in ("sync", "changed_since_last_sync", "recent_count", "status_counts", "records",
-              "record", "read", "store_many", "append", "copy_to", "expunge",
+              "record", "read", "store_many", "append", "copy_to", "expunge", "expunge_unsynced",
               "vanished_since", "claim_recent", "peek_recent", "cache_get", "cache_get_many",
               "cache_put"):
     setattr(FolderIndex, _name, _guarded(getattr(FolderIndex, _name)))

@@ -279,6 +279,50 @@ def test_expunge_sees_deleted_set_by_another_session(h):
         "* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\n* 2 EXPUNGE\r\na OK Expunge completed\r\n")
 
 
+def test_a_small_expunge_runs_inline_without_fsync(h, monkeypatch):
+    from indimail_tw import fsutil
+    from indimail_tw.maildir import quota
+
+    filled(h, 4)
+    h.command("a STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+
+    def no_fsync(*args):
+        raise AssertionError("fsync on the reactor thread")
+
+    for name in ("fsync_dir", "fsync_dirs", "fsync_file"):
+        monkeypatch.setattr(fsutil, name, no_fsync)
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    monkeypatch.setattr(os, "fdatasync", no_fsync)
+    runs = h.session.runs
+    assert text(h.command("a EXPUNGE")) == (
+        "* 2 EXPUNGE\r\n* 2 EXPUNGE\r\na OK Expunge completed\r\n")
+    assert h.session.runs == runs                  # no thread: no quota file to update
+    assert len(os.listdir(os.path.join(h.maildir, "cur"))) + len(
+        os.listdir(os.path.join(h.maildir, "new"))) == 2
+    monkeypatch.undo()
+    # with a quota file, its line is written in a thread (fsync there)
+    quota.recalculate(h.maildir, quota.Quota(10_000_000))
+    before = quota.read_usage(h.maildir)
+    h.command("a STORE 1 +FLAGS.SILENT (\\Deleted)")
+    runs = h.session.runs
+    assert text(h.command("a EXPUNGE")) == "* 1 EXPUNGE\r\na OK Expunge completed\r\n"
+    assert h.session.runs == runs + 1
+    after = quota.read_usage(h.maildir)
+    assert after.count == before.count - 1 and after.bytes < before.bytes
+
+
+def test_a_big_expunge_goes_to_a_thread(h, monkeypatch):
+    from indimail_tw.imap4 import messages
+
+    monkeypatch.setattr(messages, "INLINE_EXPUNGE", 2)
+    filled(h, 4)
+    h.command("a STORE 1:3 +FLAGS.SILENT (\\Deleted)")
+    runs = h.session.runs
+    assert text(h.command("a EXPUNGE")) == (
+        "* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\na OK Expunge completed\r\n")
+    assert h.session.runs == runs + 1
+
+
 # -- APPEND --------------------------------------------------------------------------
 
 def test_append_with_flags_and_date(h):

@@ -323,6 +323,94 @@ def test_expunge_of_externally_renamed_file(maildir, message, opened):
     assert os.listdir(os.path.join(maildir, "cur")) == []
 
 
+def test_expunge_unsynced_does_no_fsync_and_leaves_the_quota_line_to_the_caller(
+        maildir, message, opened, monkeypatch):
+    quota.recalculate(maildir, quota.Quota(10_000_000))
+    for _ in range(3):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    other = opened(maildir)
+    ix.store_flags(2, frozenset({"\\Deleted"}))
+    before = quota.read_usage(maildir)
+
+    def no_fsync(*args):
+        raise AssertionError("fsync in expunge_unsynced")
+
+    monkeypatch.setattr(fsutil, "fsync_dir", no_fsync)
+    monkeypatch.setattr(fsutil, "fsync_dirs", no_fsync)
+    monkeypatch.setattr(fsutil, "fsync_file", no_fsync)
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    monkeypatch.setattr(os, "fdatasync", no_fsync)
+    removed, size = ix.expunge_unsynced([2, 3, 42])
+    monkeypatch.undo()
+    assert removed == [2, 3] and size == 2 * len(MESSAGE)
+    assert [r.uid for r in ix.records()] == [1]
+    assert ix.sync() == Changes()
+    assert other.sync().removed == [2, 3]
+    assert quota.read_usage(maildir) == before         # the caller's job:
+    assert index_module.usage_file(maildir) == os.path.join(maildir, "maildirsize")
+    index_module.record_usage(maildir, -size, -2)
+    usage = quota.read_usage(maildir)
+    assert (usage.bytes, usage.count) == (before.bytes - size, before.count - 2)
+    assert index_module.usage_file(os.path.join(maildir, ".Trash")) is None
+
+
+def test_expunged_uids_are_not_given_again_after_the_tombstones_are_lost(maildir, message,
+                                                                        opened):
+    """A crash may lose an unsynced expunge's commit: the message comes back under its
+    old UID (same file), and later messages never get a UID already given."""
+    for _ in range(2):
+        deliver(maildir, message)
+    ix = opened(maildir)
+    db = os.path.join(maildir, INDEX_NAME)
+    snapshot = sqlite3.connect(db)
+    backup = sqlite3.connect(":memory:")
+    snapshot.backup(backup)                          # the index as of before the expunge
+    snapshot.close()
+    path = ix.record(2).path
+    with open(path, "rb") as f:
+        saved = f.read()
+    assert ix.expunge_unsynced([2])[0] == [2]
+    ix.close()
+    index_module.close_spares()
+    # "crash": the unlink survived, the index commit did not
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.unlink(db + suffix)
+    restored = sqlite3.connect(db)
+    backup.backup(restored)
+    restored.close()
+    fresh = opened(maildir)
+    assert [r.uid for r in fresh.records()] == [1]        # 2 vanished, not renumbered
+    new = fresh.append(b"Subject: new\n\nnew\n")
+    assert new.uid == 3
+    assert [r.uid for r in fresh.sync().added] == [3]
+    # the other outcome: the file came back and the tombstone is durable
+    with open(os.path.join(maildir, "cur", os.path.basename(path)), "wb") as f:
+        f.write(saved)
+    assert [r.uid for r in fresh.sync().added] == [4]
+
+
+def test_append_of_a_file_another_scan_numbered_first_keeps_its_uid(maildir, opened,
+                                                                     monkeypatch):
+    ix = opened(maildir)
+    other = opened(maildir)
+    real = fsutil.fsync_dir
+
+    def scan_between(path):                          # another process scans right after
+        real(path)                                   # our rename into cur/
+        other.sync()
+
+    monkeypatch.setattr(fsutil, "fsync_dir", scan_between)
+    record = ix.append(b"Subject: raced\n\nbody\n", frozenset({"$Work"}), 1_700_000_000.0)
+    monkeypatch.undo()
+    assert record.uid == 1 and "$Work" in record.flags
+    assert other.sync().changed[0].flags == record.flags
+    assert ix.append(b"Subject: next\n\nbody\n").uid == 3     # 2 was reserved: a gap
+    ix.sync()
+    assert sorted(r.uid for r in ix.records()) == [1, 3]
+
+
 # -- append and copy ----------------------------------------------------------------------
 
 def test_append_with_internaldate(maildir, opened):
