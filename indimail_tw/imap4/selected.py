@@ -18,7 +18,11 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.logger import Logger
+
 from indimail_tw.imap4 import wire
+
+log = Logger()
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
@@ -230,6 +234,8 @@ class SelectedMailbox:
             changes = self.index.sync()
         except Exception:  # noqa: BLE001 -- e.g. the folder was deleted under us
             return out
+        finally:
+            self._checkpoint_if_due()
         if changes.uidvalidity_changed:
             # The index was rebuilt under us (deleted or corrupt): every UID the client
             # holds is void.  End the session (the client resynchronizes on reconnect).
@@ -261,6 +267,20 @@ class SelectedMailbox:
             if new:
                 out = [*self._flags_lines_with(new), *out]
         return out
+
+    def _checkpoint_if_due(self) -> None:
+        """The index's commits on this (the reactor) thread grew its WAL: checkpoint
+        it in a thread (SQLite's automatic checkpoint, with its fsyncs, is off).
+        Here because every command on the mailbox ends with a poll."""
+        index = self.index
+        run = getattr(self.session, "run", None)
+        if run is None or not getattr(index, "checkpoint_due", False):
+            return
+        from indimail_tw.maildir.index import checkpoint_wal
+
+        if index.take_checkpoint_due():
+            run(checkpoint_wal, index.path).addErrback(
+                lambda f: log.failure("index checkpoint of {path} failed", f, path=index.path))
 
     def announce_expunged(self, uids: list[int]) -> list[bytes]:
         """Drop ``uids`` from the view: ``* n EXPUNGE`` lines (ascending, each number as

@@ -105,6 +105,14 @@ _RECENT_FINE_NS = 100_000_000
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 #: At least this many unnumbered files: read them before taking the index lock.
 _PREMEASURE = 500
+#: Checkpoint the WAL (copy it into the database: two fsyncs) after this many of one
+#: connection's commits.  SQLite's own automatic checkpoint (at 1000 pages) is off:
+#: it runs inside whichever COMMIT crosses the mark, on the reactor thread for an
+#: inline STORE or EXPUNGE.  So is the fsync of a restarted WAL's header, done by
+#: the first commit after a complete checkpoint: :func:`checkpoint_wal` makes that
+#: commit itself.  Checkpoints run in a thread (see ``checkpoint_due``).  The WAL
+#: file's size cannot tell when: it stays at its high-water mark after a restart.
+CHECKPOINT_COMMITS = 500
 
 _LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 _CANONICAL = {flag.lower(): flag for flag in FLAG_LETTERS}
@@ -309,6 +317,30 @@ def _quota_root(folder: str) -> str | None:
     return folder
 
 
+def checkpoint_wal(folder: str) -> None:
+    """Copy the index's WAL into its database (a PASSIVE checkpoint: two fsyncs,
+    blocking: for a thread) through a connection of its own, so the index object of
+    the caller (on the reactor thread) stays free; then one small commit, so that
+    the WAL restarts (and its new header is fsynced) here and not in the caller's
+    next commit."""
+    path = os.path.join(folder, INDEX_NAME)
+    if not os.path.exists(path):
+        return
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        with contextlib.suppress(sqlite3.OperationalError):         # busy: next time
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and frames > 0 and frames == done:
+                # a commit that changes a page (an unchanged row writes none): the
+                # header's user_version, which nothing else uses, counts restarts
+                (count,) = conn.execute("PRAGMA user_version").fetchone()
+                conn.execute(f"PRAGMA user_version = {(count + 1) & 0x7FFFFFFF}")
+    finally:
+        conn.close()
+
+
 def usage_file(folder: str) -> str | None:
     """The ``maildirsize`` that counts ``folder`` when there is one (a stat), else None:
     no usage line to write, so no thread trip for it."""
@@ -427,6 +459,11 @@ class FolderIndex:
         self._watch_tried = False
         self._dirty = False                  # this object committed rows its view lacks
         self._wal_sync_due = False           # the open transaction gave out UIDs
+        self._commits = 0
+        #: CHECKPOINT_COMMITS commits since the last checkpoint: a caller on the reactor
+        #: thread takes it (:meth:`take_checkpoint_due`) and runs :func:`checkpoint_wal`
+        #: in a thread; durable operations (in a thread anyway) checkpoint themselves.
+        self.checkpoint_due = False
         self._guard = threading.RLock()      # held by each call that uses the connection
         self._depth = 0
         self._close_pending = False          # close() came while another thread was inside
@@ -501,6 +538,7 @@ class FolderIndex:
         self._sync_mode = ""
         self._known = None
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")      # see CHECKPOINT_COMMITS
         try:
             version = conn.execute("SELECT version FROM meta").fetchone()
         except sqlite3.OperationalError as e:
@@ -644,6 +682,28 @@ class FolderIndex:
         if self._wal_sync_due:
             self._wal_sync_due = False
             self._sync_wal()
+        if write:
+            self._commits += 1
+            if self._commits >= CHECKPOINT_COMMITS:
+                self.checkpoint_due = True
+
+    def take_checkpoint_due(self) -> bool:
+        """True (once) when a WAL checkpoint is due: the caller runs
+        :func:`checkpoint_wal` in a thread."""
+        if not self.checkpoint_due:
+            return False
+        self.checkpoint_due = False
+        self._commits = 0
+        return True
+
+    def _checkpoint_if_due(self) -> None:
+        """For blocking (thread) callers, before a write transaction (whose commit then
+        restarts the WAL, here): the WAL checkpoint that is due."""
+        if self.checkpoint_due:
+            self.checkpoint_due = False
+            self._commits = 0
+            with contextlib.suppress(sqlite3.OperationalError):     # busy: next time
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _sync_wal(self) -> None:
         """Make the last commit durable after the fact (what synchronous=FULL does at
@@ -1429,6 +1489,7 @@ class FolderIndex:
         one UPDATE ... RETURNING, each row is one INSERT OR IGNORE."""
         out = []
         n = len(entries)
+        self._checkpoint_if_due()
         with self._transaction(durable=True) as conn:
             first, modseq = conn.execute(
                 "UPDATE meta SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1"
@@ -1493,6 +1554,7 @@ class FolderIndex:
         returns the uids actually removed.  The directories are fsynced and the
         quota file (``maildirsize``) gets its line before it returns: blocking
         work, for a thread."""
+        self._checkpoint_if_due()
         removed, size = self._expunge(uids, sync_dirs=True)
         self._add_usage(-size, -len(removed))
         return removed

@@ -323,6 +323,23 @@ def test_a_big_expunge_goes_to_a_thread(h, monkeypatch):
     assert h.session.runs == runs + 1
 
 
+def test_a_grown_index_wal_is_checkpointed_in_a_thread(h, monkeypatch):
+    from indimail_tw.maildir import index as mindex
+
+    monkeypatch.setattr(mindex, "CHECKPOINT_COMMITS", 10)
+    filled(h, 2)
+    ran = []
+    real = h.session.run
+    h.session.run = lambda fn, *args: (ran.append(fn), real(fn, *args))[1]
+    for i in range(1000):
+        sign = "+-"[i % 2]
+        h.command(f"a STORE 1 {sign}FLAGS.SILENT (\\Seen)")
+        if ran:
+            break
+    assert ran == [mindex.checkpoint_wal]
+    assert not h.session.selected.index.checkpoint_due
+
+
 # -- APPEND --------------------------------------------------------------------------
 
 def test_append_with_flags_and_date(h):

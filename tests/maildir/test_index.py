@@ -411,6 +411,37 @@ def test_append_of_a_file_another_scan_numbered_first_keeps_its_uid(maildir, ope
     assert sorted(r.uid for r in ix.records()) == [1, 3]
 
 
+def test_the_wal_is_checkpointed_by_callers_not_inside_a_commit(maildir, message, opened,
+                                                                  monkeypatch):
+    """SQLite's automatic checkpoint (two fsyncs inside the COMMIT that crosses its
+    mark) is off: a commit on the reactor thread must not fsync.  After
+    CHECKPOINT_COMMITS commits checkpoint_due is set; checkpoint_wal (a thread's
+    job) copies the WAL into the database and restarts it with one small commit."""
+    monkeypatch.setattr(index_module, "CHECKPOINT_COMMITS", 20)
+    deliver(maildir, message)
+    ix = opened(maildir)
+    assert ix._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    flags = [frozenset(), SEEN]
+    n = 0
+    while not ix.checkpoint_due:
+        n += 1
+        ix.store_flags(1, flags[n % 2])
+        assert n <= 20
+    probe = sqlite3.connect(os.path.join(maildir, INDEX_NAME))
+    assert probe.execute("PRAGMA wal_checkpoint(NOOP)").fetchone()[1] >= 20
+    assert ix.take_checkpoint_due() and not ix.take_checkpoint_due()
+    index_module.checkpoint_wal(maildir)
+    busy, frames, done = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, frames, done) == (0, 1, 1)      # restarted: only the restarting commit
+    ix.store_flags(1, SEEN)
+    assert ix.record(1).flags == SEEN
+    probe.close()
+    # a durable operation (in a thread anyway) checkpoints by itself, first
+    ix.checkpoint_due = True
+    ix.append(b"Subject: x\n\nbody\n")
+    assert not ix.checkpoint_due
+
+
 # -- append and copy ----------------------------------------------------------------------
 
 def test_append_with_internaldate(maildir, opened):
