@@ -430,7 +430,8 @@ class MessageCommands:
             # whose commit would make the session's next poll rescan the folder).
             if own is not None and not sel.closed and own == _folder_path(folders,
                                                                           args.mailbox):
-                rec = sel.index.append(data, flags, date)
+                # \Recent in this session, claimed with the UID (no write at the poll)
+                rec = sel.index.append(data, flags, date, claim_recent=not sel.readonly)
                 return sel.index.uidvalidity, rec.uid
             target = folders.open_index(args.mailbox)
             try:

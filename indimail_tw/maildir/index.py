@@ -481,6 +481,7 @@ class FolderIndex:
         self._fset_ids: dict[frozenset, int] = {}
         self._mtimes = (-1, -1)
         self._data_version = -1
+        self._own_recent: set[int] = set()  # claimed by append(claim_recent=True)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -1450,9 +1451,15 @@ class FolderIndex:
         return None
 
     def append(self, data: bytes, flags: frozenset = frozenset(),
-               internaldate: float | None = None) -> MessageRecord:
+               internaldate: float | None = None, claim_recent: bool = False
+               ) -> MessageRecord:
         """Store a new message durably (tmp, fsync, rename into cur with flags, dir fsync),
-        give it the next UID; internaldate (default: now) sets the file mtime."""
+        give it the next UID; internaldate (default: now) sets the file mtime.
+
+        ``claim_recent``: this object's session has the folder selected read-write and
+        is the first to see the message (\\Recent), unless older messages still wait
+        for their claim: :meth:`claim_recent` reports it, and then needs no write of
+        its own (the mark moved in this transaction)."""
         info, keywords = _split_flags(flags, "")
         size = len(data)
         cur = os.path.join(self.path, "cur")
@@ -1475,25 +1482,34 @@ class FolderIndex:
                 os.unlink(tmp)
             raise
         fsutil.fsync_dir(cur)
-        (record,) = self._insert_new([(key, "cur", info, keywords, size, vsize, date)])
+        (record,) = self._insert_new([(key, "cur", info, keywords, size, vsize, date)],
+                                     claim_recent)
         self._add_usage(size, 1)
         return record
 
-    def _insert_new(self, entries: list[tuple]) -> list[MessageRecord]:
+    def _insert_new(self, entries: list[tuple], claim_recent: bool = False
+                    ) -> list[MessageRecord]:
         """Number files this process just put in cur/ (one durable transaction, in
         order).  A file another process's scan numbered first keeps that UID (and
         gets our keywords and date; the UID reserved for it stays unused, a gap).
 
         Few statements (each one lets the interpreter lock go, which costs a thread
         switch while the reactor is busy): the UIDs and the modseq are reserved by
-        one UPDATE ... RETURNING, each row is one INSERT OR IGNORE."""
+        one UPDATE ... RETURNING, each row is one INSERT OR IGNORE.  With
+        ``claim_recent`` that UPDATE also moves the recent mark past them when it
+        stood at the first (see :meth:`append`)."""
         out = []
         n = len(entries)
         self._checkpoint_if_due()
+        # (the right-hand sides of an UPDATE all see the row as it was)
+        mark = (", recent_mark = CASE WHEN recent_mark = uidnext THEN uidnext + ?"
+                " ELSE recent_mark END" if claim_recent else "")
         with self._transaction(durable=True) as conn:
-            first, modseq = conn.execute(
+            first, modseq, new_mark = conn.execute(
                 "UPDATE meta SET uidnext = uidnext + ?, highestmodseq = highestmodseq + 1"
-                " RETURNING uidnext - ?, highestmodseq", (n, n)).fetchone()
+                f"{mark} RETURNING uidnext - ?, highestmodseq, recent_mark",
+                (n, n, n) if claim_recent else (n, n)).fetchone()
+            claimed = claim_recent and new_mark == first + n
             for i, (key, sub, info, keywords, size, vsize, date) in enumerate(entries):
                 uid = first + i
                 inserted = conn.execute(
@@ -1504,6 +1520,8 @@ class FolderIndex:
                                        (key,)).fetchone()[0]
                     conn.execute("UPDATE messages SET keywords = ?, internaldate = ?,"
                                  " modseq = ? WHERE uid = ?", (keywords, date, modseq, uid))
+                elif claimed:
+                    self._own_recent.add(uid)
                 out.append(self._record((uid, key, sub, info, keywords, size, vsize, date,
                                          modseq)))
         for key, sub, info, *_rest in entries:
@@ -1624,14 +1642,24 @@ class FolderIndex:
         index's recent mark; moves the mark to uidnext.  At most one session gets each.
 
         Only the uids in this object's view are claimed (the mark moves to the
-        view's uidnext), so a message not yet synced stays for the next claim."""
+        view's uidnext), so a message not yet synced stays for the next claim.
+        Messages this object's :meth:`append` claimed count too, once they are in the
+        view.  Nothing to claim (the mark at the view's uidnext): one read, no write
+        transaction (the mark only ever moves up)."""
+        own = set()
+        if self._own_recent:
+            own = {uid for uid in self._own_recent if self._position(uid) >= 0}
+            self._own_recent -= own
+        mark = self._conn.execute("SELECT recent_mark FROM meta").fetchone()[0]
+        if self.uidnext <= mark:
+            return own
         with self._transaction() as conn:
             mark = conn.execute("SELECT recent_mark FROM meta").fetchone()[0]
             if self.uidnext > mark:
                 conn.execute("UPDATE meta SET recent_mark = ?", (self.uidnext,))
         if self.uidnext <= mark:
-            return set()
-        return set(self._uids[bisect.bisect_left(self._uids, mark):])
+            return own
+        return own | set(self._uids[bisect.bisect_left(self._uids, mark):])
 
     def peek_recent(self) -> set[int]:
         """The uids :meth:`claim_recent` would give now, claiming none (EXAMINE must

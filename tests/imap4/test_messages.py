@@ -369,6 +369,18 @@ def test_append_to_the_selected_mailbox_shows_exists(h):
     assert out.endswith("Append completed\r\n")
 
 
+def test_append_to_an_examined_mailbox_leaves_recent_to_others(h):
+    filled(h, 1)
+    h.session.selected.close_silently()
+    h.session.selected = None
+    h.select(readonly=True)
+    out = text(h.command(b"a APPEND INBOX {7}\r\nX: y\r\n\r\n"))
+    assert out.startswith("* 2 EXISTS\r\n")
+    other = h.other_index()
+    assert other.claim_recent() == {2}
+    other.close()
+
+
 def test_append_refusals(h):
     assert h.command(b"a APPEND Nowhere {6}\r\nX: y\r\n") == [
         b"a NO [TRYCREATE] Mailbox doesn't exist\r\n"]

@@ -530,6 +530,35 @@ def test_maildirsize_follows_append_copy_expunge(maildir, opened):
 
 # -- recent ----------------------------------------------------------------------------------
 
+def test_append_claims_recent_with_the_uid(maildir, message, opened, monkeypatch):
+    ix = opened(maildir)
+    other = opened(maildir)
+    assert ix.claim_recent() == set() and other.claim_recent() == set()
+    a = ix.append(b"Subject: a\n\nbody\n", claim_recent=True)
+    ix.sync()
+    other.sync()
+    assert other.claim_recent() == set()              # ours, claimed with the UID
+    writes = []
+    real = FolderIndex._transaction
+    monkeypatch.setattr(FolderIndex, "_transaction", lambda self, *a, **kw: (
+        writes.append(kw), real(self, *a, **kw))[1])
+    assert ix.claim_recent() == {a.uid}                # no write transaction for it
+    assert writes == [] and ix.claim_recent() == set()
+    monkeypatch.undo()
+    # an older message nobody claimed yet: the mark stays, the next claim takes both
+    deliver(maildir, message)
+    other.sync()                                       # numbered, not claimed
+    b = ix.append(b"Subject: b\n\nbody\n", claim_recent=True)
+    ix.sync()
+    assert ix.claim_recent() == {b.uid - 1, b.uid}
+    other.sync()
+    assert other.claim_recent() == set()
+    # without claim_recent, append claims nothing
+    c = ix.append(b"Subject: c\n\nbody\n")
+    other.sync()
+    assert other.claim_recent() == {c.uid}
+
+
 def test_claim_recent_once_across_objects(maildir, message, opened):
     deliver(maildir, message)
     deliver(maildir, message)
