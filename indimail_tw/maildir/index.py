@@ -77,6 +77,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -324,9 +325,11 @@ def checkpoint_wal(folder: str) -> None:
     the WAL restarts (and its new header is fsynced) here and not in the caller's
     next commit."""
     path = os.path.join(folder, INDEX_NAME)
-    if not os.path.exists(path):
+    try:        # mode=rw: never create an index file that was removed meanwhile
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True,
+                               timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.OperationalError:
         return
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint = 0")

@@ -436,6 +436,8 @@ def test_the_wal_is_checkpointed_by_callers_not_inside_a_commit(maildir, message
     ix.store_flags(1, SEEN)
     assert ix.record(1).flags == SEEN
     probe.close()
+    index_module.checkpoint_wal(os.path.join(maildir, ".Gone"))   # no index: nothing
+    assert not os.path.exists(os.path.join(maildir, ".Gone"))
     # a durable operation (in a thread anyway) checkpoints by itself, first
     ix.checkpoint_due = True
     ix.append(b"Subject: x\n\nbody\n")
