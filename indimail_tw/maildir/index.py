@@ -75,6 +75,7 @@ import functools
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -316,6 +317,15 @@ def _quota_root(folder: str) -> str | None:
             return None
         return os.path.dirname(folder)
     return folder
+
+
+def _first_item(raw: bytes, item: bytes, width: int) -> int:
+    """The position of the first ``width``-byte item equal to ``item`` in ``raw`` (an
+    array's bytes), or -1: a memchr-speed search instead of a Python step per item."""
+    at = raw.find(item)
+    while at >= 0 and at % width:
+        at = raw.find(item, at + 1)
+    return at // width if at >= 0 else -1
 
 
 def checkpoint_wal(folder: str) -> None:
@@ -1230,16 +1240,17 @@ class FolderIndex:
         """(position in the view of the first message without ``flag`` or -1, the
         keywords of the view's messages): SELECT's UNSEEN and FLAGS without a Python
         step per message (the view holds a small number for each flag set)."""
-        fids = self._fids
-        used = set(fids)
+        raw = self._fids.tobytes()
+        width = self._fids.itemsize
         keywords: set[str] = set()
         first = -1
-        for fid in used:
-            flags = self._fsets[fid]
+        for fid, flags in enumerate(self._fsets):
+            position = _first_item(raw, fid.to_bytes(width, sys.byteorder), width)
+            if position < 0:
+                continue                                    # no message has this set
             keywords.update(f for f in flags if not f.startswith("\\"))
-            if flag not in flags:
-                with contextlib.suppress(ValueError):       # not before the best so far
-                    first = fids.index(fid, 0, first if first >= 0 else len(fids))
+            if flag not in flags and (first < 0 or position < first):
+                first = position
         return first, keywords
 
     def records(self, uids: Iterable[int] | None = None) -> list[MessageRecord]:

@@ -1115,3 +1115,15 @@ def test_close_while_another_thread_is_inside_a_call(maildir, message, monkeypat
     with pytest.raises(ValueError):             # later calls find it closed
         ix.expunge([1])
     index_module.close_spares()
+
+
+def test_first_item_finds_only_aligned_items():
+    from array import array
+
+    from indimail_tw.maildir.index import _first_item
+
+    items = array("I", [1280, 0, 7, 5, 7])      # 1280 = 00 05 00 00: a misaligned "5"
+    raw = items.tobytes()
+    for value in (0, 5, 7, 1280, 9):
+        expected = items.index(value) if value in items else -1
+        assert _first_item(raw, value.to_bytes(4, sys.byteorder), 4) == expected
