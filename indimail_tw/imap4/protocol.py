@@ -56,6 +56,7 @@ class IMAPServerProtocol(protocol.Protocol):
         self._events: deque = deque()
         self._reply: Any = None          # the iterator being written
         self._reply_wait: defer.Deferred | None = None   # what it waits for (see _write_reply)
+        self._idle_waiting = False       # an IDLE poll waits for its scan (a thread)
         self._tag: bytes | None = None   # the tag of the command being answered
         self._busy = True                # until the greeting is out
         self._pumping = False
@@ -321,17 +322,31 @@ class IMAPServerProtocol(protocol.Protocol):
             loop.stop()
 
     def _idle_tick(self) -> None:
-        if self._busy or self._closing or self.session.idling is None:
+        if self._busy or self._closing or self.session.idling is None or self._idle_waiting:
             return
         try:
             lines = self.session.idle_poll()
         except Exception:  # noqa: BLE001
             log.failure("IDLE poll failed")
             return
+        if isinstance(lines, defer.Deferred):        # a scan runs in a thread first
+            self._idle_waiting = True
+            lines.addCallback(self._idle_lines).addErrback(self._idle_failed)
+            return
+        self._idle_lines(lines)
+
+    def _idle_lines(self, lines: list[bytes]) -> None:
+        self._idle_waiting = False
+        if self._closing or self._busy or self.session.idling is None:
+            return                           # IDLE ended meanwhile: its DONE reply polls
         if lines:
             self._write(b"".join(lines))
         if self.session.take_action() == "close":     # e.g. the folder's UIDVALIDITY changed
             self._close()
+
+    def _idle_failed(self, failure: Failure) -> None:
+        self._idle_waiting = False
+        log.failure("IDLE poll failed", failure)
 
     # -- autologout and shutdown -----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from indimail_tw.imap4 import wire
+from indimail_tw.maildir.index import ScanNeeded
 
 log = Logger()
 
@@ -225,13 +226,21 @@ class SelectedMailbox:
         except Exception:  # noqa: BLE001 -- a vanished folder: let poll find out
             return True
 
-    def poll(self, expunge_allowed: bool) -> list[bytes]:
-        """Sync the index and describe the changes (RFC 9051 7.5.1)."""
+    def scan(self) -> None:
+        """Blocking (a thread): the index records the directories' changes."""
+        self.index.scan()
+
+    def poll(self, expunge_allowed: bool, scan: bool = True) -> list[bytes]:
+        """Sync the index and describe the changes (RFC 9051 7.5.1).  With ``scan``
+        false, ScanNeeded is raised when the directories must be scanned first
+        (:meth:`scan`, in a thread)."""
         if self.closed:
             return []
         out: list[bytes] = []
         try:
-            changes = self.index.sync()
+            changes = self.index.sync(scan=scan)
+        except ScanNeeded:
+            raise
         except Exception:  # noqa: BLE001 -- e.g. the folder was deleted under us
             return out
         finally:

@@ -47,6 +47,7 @@ from indimail_tw.imap4.messages import MessageCommands
 from indimail_tw.imap4.parser import ContinuationNeeded, ParseError, RawLine
 from indimail_tw.imap4.tokens import Atom, Command
 from indimail_tw.maildir import folders as mfolders
+from indimail_tw.maildir.index import ScanNeeded
 
 log = Logger()
 
@@ -323,9 +324,40 @@ class IMAPSession(MailboxCommands, MessageCommands):
                 yield previous
             previous, have = line, True
         if self.selected is not None and self.state == SELECTED:
-            yield from self.selected.poll(expunge_ok)
+            polled = self._poll(self.selected, expunge_ok)
+            if isinstance(polled, defer.Deferred):
+                box: list[Any] = []
+                polled.addBoth(box.append)
+                if not box:
+                    yield polled               # the reply waits for the scan's thread
+                polled = box[0] if isinstance(box[0], list) else []
+            yield from polled
         if have:
             yield previous
+
+    def _poll(self, selected: Any, expunge_ok: bool,
+              wanted: Any = None) -> list[bytes] | defer.Deferred:
+        """The selected mailbox's updates.  When the directories changed (a
+        delivery, another client) their scan, which numbers new files with an
+        fsync, runs in a thread, never here: then the Deferred of the updates,
+        polled after the scan only if ``wanted()`` still says so (else the
+        updates stay for the next poll)."""
+        try:
+            return selected.poll(expunge_ok, scan=False)
+        except ScanNeeded:
+            pass
+
+        def again(_: Any) -> list[bytes]:
+            if self.selected is not selected or (wanted is not None and not wanted()):
+                return []
+            try:
+                return selected.poll(expunge_ok, scan=False)
+            except ScanNeeded:          # changed again meanwhile: the next poll scans
+                return []
+
+        d = self.run(selected.scan)
+        d.addErrback(lambda f: log.failure("scanning {folder}", f, folder=selected.name))
+        return d.addCallback(again)
 
     def _raw_line(self, data: bytes) -> Reply:
         if self._auth is not None:
@@ -555,11 +587,14 @@ class IMAPSession(MailboxCommands, MessageCommands):
             lines += self.selected.poll(True)
         return lines
 
-    def idle_poll(self) -> list[bytes]:
-        """Called by the protocol while idling: new untagged updates, if any."""
+    def idle_poll(self) -> list[bytes] | defer.Deferred:
+        """Called by the protocol while idling: new untagged updates, if any (or the
+        Deferred of them, while the directories' scan runs in a thread)."""
         if self.idling is None or self.selected is None or not self.selected.changed():
             return []
-        return list(self.selected.poll(True))
+        # IDLE ended while the scan ran: DONE's own poll reports the updates
+        polled = self._poll(self.selected, True, wanted=lambda: self.idling is not None)
+        return polled if isinstance(polled, defer.Deferred) else list(polled)
 
     def do_compress(self, tag: bytes, args: Any) -> list[bytes]:
         if self.compressed:

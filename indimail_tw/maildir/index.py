@@ -319,6 +319,11 @@ def _quota_root(folder: str) -> str | None:
     return folder
 
 
+class ScanNeeded(Exception):
+    """``sync(scan=False)``: the directories changed; :meth:`FolderIndex.scan` (in a
+    thread) must record that first."""
+
+
 def _first_item(raw: bytes, item: bytes, width: int) -> int:
     """The position of the first ``width``-byte item equal to ``item`` in ``raw`` (an
     array's bytes), or -1: a memchr-speed search instead of a Python step per item."""
@@ -739,8 +744,19 @@ class FolderIndex:
 
     # -- scanning the directory --------------------------------------------------------
 
-    def _scan_if_needed(self, force: bool = False) -> tuple[int, int]:
-        """Scan when new/ or cur/ changed since the last scan of any process."""
+    def scan(self) -> None:
+        """Blocking (a thread): record what changed in the directories, numbering
+        new files durably (an fdatasync of the index log when there are any)."""
+        try:
+            if not self._db_replaced():
+                self._scan_if_needed()
+        except sqlite3.DatabaseError as e:
+            if not _is_corrupt(e):
+                raise                           # the next sync() reports it
+
+    def _scan_if_needed(self, force: bool = False, inline: bool = True) -> tuple[int, int]:
+        """Scan when new/ or cur/ changed since the last scan of any process (with
+        ``inline`` false, raise :class:`ScanNeeded` instead)."""
         mtimes = _dir_mtimes(self.path)
         asked = False
         if (not force and self._watch is not None and self._known is not None
@@ -756,6 +772,10 @@ class FolderIndex:
             if asked:
                 self._known = None
             return mtimes
+        if not inline:
+            if asked:
+                self._known = None              # the watch's events are used up
+            raise ScanNeeded(self.path)
         listing = None
         if not force and self._known is not None and self._version() == self._known_version:
             now = time.time_ns()
@@ -1068,16 +1088,22 @@ class FolderIndex:
 
     # -- the API ----------------------------------------------------------------------
 
-    def sync(self) -> Changes:
+    def sync(self, scan: bool = True) -> Changes:
         """Bring the index up to date with the directory (cheap when new/ and cur/ are
         unchanged: it compares directory mtimes); assign UIDs to new files in
-        ascending delivery order."""
+        ascending delivery order.
+
+        With ``scan`` false, :class:`ScanNeeded` is raised instead of scanning when
+        the directories hold changes the index has not recorded (the cheap checks,
+        directory mtimes and the inotify watch, still run here).  For the reactor
+        thread, which must not wait for the fsync that numbering new files takes:
+        it then runs :meth:`scan` in a thread and syncs again."""
         try:
             if self._db_replaced():
                 self._disconnect()
                 self._connect()
                 return self._reset_changes()
-            mtimes = self._scan_if_needed()
+            mtimes = self._scan_if_needed(inline=scan)
             return self._refresh(mtimes)
         except sqlite3.DatabaseError as e:
             if not _is_corrupt(e):

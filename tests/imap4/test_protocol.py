@@ -197,7 +197,7 @@ def test_idle_update_that_ends_the_session(server):
     conn.ask("b IDLE")
     session = conn.proto.session
 
-    def gone(expunge_allowed):
+    def gone(expunge_allowed, scan=True):
         session.action = "close"
         return [b"* BYE [UNAVAILABLE] Mailbox UIDVALIDITY changed, reconnect\r\n"]
 
@@ -288,5 +288,62 @@ def test_a_streamed_fetch_reports_messages_gone_meanwhile(monkeypatch):
         lines = conn.ask("f FETCH 1:* (BODY.PEEK[])")
         assert lines[-1].startswith("f NO [EXPUNGEISSUED]")
         assert sum(1 for line in lines if " FETCH (BODY[] {" in line) == 4
+    finally:
+        server.cleanup()
+
+
+def test_new_files_are_numbered_in_a_thread_not_on_the_reactor(monkeypatch):
+    """A delivery seen by the poll that ends a command (or by IDLE): the scan that
+    numbers it, with its fsync, runs through the thread runner; the reactor's own
+    poll only reads the index."""
+    from indimail_tw.maildir import index as mindex
+
+    server = Server()
+    held = []
+    in_thread = [False]
+
+    def thread(fn, *args):
+        in_thread[0] = True
+        try:
+            return fn(*args)
+        finally:
+            in_thread[0] = False
+
+    def run(fn, *args):
+        if getattr(fn, "__name__", "") == "scan":      # held until the test releases it
+            d = defer.Deferred()
+            held.append((fn, args, d))
+            return d
+        return defer.maybeDeferred(thread, fn, *args)
+
+    server.factory.run = run
+    synced_on_reactor = []
+    real_sync_wal = mindex.FolderIndex._sync_wal
+
+    def sync_wal(self):
+        synced_on_reactor.append(not in_thread[0])
+        real_sync_wal(self)
+
+    monkeypatch.setattr(mindex.FolderIndex, "_sync_wal", sync_wal)
+    try:
+        conn = server.connect()
+        conn.login()
+        put(server.maildir())
+        conn.ask("a SELECT INBOX")
+        put(server.maildir(), b"Subject: second\n\nbody\n")
+        conn.send("b NOOP\r\n")
+        assert conn.lines() == [] and len(held) == 1           # waits for the scan
+        fn, args, d = held.pop()
+        d.callback(thread(fn, *args))
+        lines = conn.lines()
+        assert "* 2 EXISTS" in lines and lines[-1] == "b OK NOOP completed"
+        conn.ask("c IDLE")
+        put(server.maildir(), b"Subject: third\n\nbody\n")
+        server.clock.advance(1)
+        assert len(held) == 1 and conn.lines() == []
+        fn, args, d = held.pop()
+        d.callback(thread(fn, *args))
+        assert "* 3 EXISTS" in conn.lines()
+        assert synced_on_reactor and not any(synced_on_reactor)   # never on the reactor
     finally:
         server.cleanup()
