@@ -314,11 +314,19 @@ class SelectedMailbox:
         return lines
 
     def close_silently(self) -> None:
-        """Forget the selection (CLOSE, UNSELECT, another SELECT, logout)."""
+        """Forget the selection (CLOSE, UNSELECT, another SELECT, logout).  The index
+        is closed in a thread: closing the last SQLite connection to a folder
+        checkpoints its log, with fsyncs."""
         if self.closed:
             return
         self.closed = True
-        self.index.close()
+        run = getattr(self.session, "run", None)
+        if run is None:
+            self.index.close()
+            return
+        d = run(self.index.close)
+        d.addErrback(lambda f: log.failure("closing the index of {folder}", f,
+                                           folder=self.name))
 
 
 def _merge(bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:

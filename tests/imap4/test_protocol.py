@@ -347,3 +347,27 @@ def test_new_files_are_numbered_in_a_thread_not_on_the_reactor(monkeypatch):
         assert synced_on_reactor and not any(synced_on_reactor)   # never on the reactor
     finally:
         server.cleanup()
+
+
+def test_the_index_is_closed_through_the_thread_runner():
+    """Closing the last SQLite connection of a folder checkpoints its log (fsyncs):
+    UNSELECT, CLOSE, another SELECT and logout close the index in a thread."""
+    server = Server()
+    calls = []
+
+    def run(fn, *args):
+        calls.append(getattr(fn, "__name__", ""))
+        return defer.maybeDeferred(fn, *args)
+
+    server.factory.run = run
+    try:
+        conn = server.connect()
+        conn.login()
+        put(server.maildir())
+        conn.ask("a SELECT INBOX")
+        index = conn.proto.session.selected.index
+        calls.clear()
+        assert conn.ask("b UNSELECT")[-1] == "b OK Unselect completed"
+        assert calls == ["close"] and index._conn is None
+    finally:
+        server.cleanup()
