@@ -393,7 +393,10 @@ class QueueStore:
                 errors[msg_id] = e
         for msg_id in gone:
             try:
-                self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i")
+                # held: reused only once the fsync of info/ has made this removal
+                # durable (:meth:`_finish_removals`); reused earlier, a crash could
+                # bring info/ID back holding another message's envelope
+                self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i", held=True)
             except OSError as e:
                 errors[msg_id] = e
         with self._removals_lock:
@@ -433,6 +436,7 @@ class QueueStore:
         no_state = self._no_state
         give = self.spares.give
         for msg_id in taken:
+            self.spares.release(msg_id + ".i")
             with contextlib.suppress(OSError):      # harmless leftovers for recovery
                 give(self.mess_path(msg_id), msg_id + ".m", sized=True)
                 if msg_id in no_state:
@@ -554,21 +558,33 @@ class Spares:
         self.limit = SPARE_LIMIT if limit is None else limit
         self.max_size = SPARE_MAX_SIZE if max_size is None else max_size
         self._names: list[str] = []
+        self._held: set[str] = set()        # in spare/, not to be reused yet (give(held=))
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._names) + len(self._held)
 
     def load(self) -> int:
         """Take what ``spare/`` holds as the pool (at start); unlink what is over the
-        limit.  Returns the number of files unlinked."""
-        names = sorted(os.listdir(self.path))
-        keep, extra = names[:self.limit], names[self.limit:]
-        for name in extra:
-            _unlink(os.path.join(self.path, name))
+        limit, and every name whose file has another name too (a crash in the middle
+        of the rename that moved it here: the other name, e.g. a committed
+        ``info/ID``, is what counts).  Returns the number of names unlinked."""
+        keep: list[str] = []
+        dropped = 0
+        for name in sorted(os.listdir(self.path)):
+            path = os.path.join(self.path, name)
+            try:
+                shared = os.lstat(path).st_nlink != 1
+            except FileNotFoundError:
+                continue
+            if shared or len(keep) >= self.limit:
+                _unlink(path)
+                dropped += 1
+            else:
+                keep.append(name)
         with self._lock:
-            self._names = keep
-        return len(extra)
+            self._names, self._held = keep, set()
+        return dropped
 
     def create(self, path: str, truncate: bool = True) -> int:
         """A new file at ``path`` (FileExistsError if there is one), open for writing
@@ -599,14 +615,17 @@ class Spares:
                 _unlink(path)
                 raise
 
-    def give(self, path: str, name: str, sized: bool = False) -> None:
+    def give(self, path: str, name: str, sized: bool = False, held: bool = False) -> None:
         """Remove ``path``: into the pool as ``name`` while there is room (and, with
         ``sized``, the file is small enough), else unlinked.  FileNotFoundError is
-        not an error."""
+        not an error.  With ``held`` the file is not reused before :meth:`release`."""
         with self._lock:
-            room = len(self._names) < self.limit
-            if room:
-                self._names.append(name)      # reserved; taken back on failure
+            room = len(self._names) + len(self._held) < self.limit
+            if room:                          # reserved; taken back on failure
+                if held:
+                    self._held.add(name)
+                else:
+                    self._names.append(name)
         if room and sized:
             try:
                 room = os.stat(path).st_size <= self.max_size
@@ -625,9 +644,18 @@ class Spares:
             self._forget(name)
             raise
 
+    def release(self, name: str) -> None:
+        """A held file (:meth:`give`) may be reused from now on."""
+        with self._lock:
+            if name in self._held:
+                self._held.discard(name)
+                self._names.append(name)
+
     def _forget(self, name: str) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._names.remove(name)
+        with self._lock:
+            self._held.discard(name)
+            with contextlib.suppress(ValueError):
+                self._names.remove(name)
 
 
 def _load_renameat2() -> Any:

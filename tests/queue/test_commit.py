@@ -474,3 +474,54 @@ def test_a_batch_fsyncs_all_its_files_before_the_commit_step(tmp_path, monkeypat
     assert sorted(os.listdir(store.mess)) == sorted(r.id for r in committed)
     assert os.listdir(store.tmp) == []
     store.close()
+
+
+def test_a_removed_envelope_is_reused_only_after_its_removal_is_durable(tmp_path):
+    """info/ID goes to spare/ at once, but its file may hold another message's
+    envelope only after the fsync of info/ that makes the removal durable: reused
+    earlier, a crash could bring info/ID back with that other envelope."""
+    from indimail_tw.queue.envelope import Envelope
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    store.recover()
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+
+    def commit(body):
+        return store.commit([Pending(DataFile(), body, envelope, len(body),
+                                     new_tmp_name())])[0]
+
+    first = commit(b"first\n")
+    first_env = os.stat(os.path.join(store.info, first.id)).st_ino
+    store.apply([("retire", first.id, b"")])          # no fsync of info/ yet
+    assert first.id + ".i" in os.listdir(store.spare_dir)
+    second = commit(b"second\n")                     # its commit fsyncs info/
+    assert os.stat(os.path.join(store.info, second.id)).st_ino != first_env
+    third = commit(b"third\n")                       # now the file may be reused
+    assert os.stat(os.path.join(store.info, third.id)).st_ino == first_env
+    assert store.load(third.id).envelope.sender == "a@b.test"
+    store.close()
+
+
+def test_recovery_drops_spare_names_of_files_still_named_elsewhere(tmp_path):
+    """A crash in the middle of the rename into spare/ can leave both names: the
+    committed info/ID counts, the spare/ name is dropped (never reused)."""
+    from indimail_tw.queue.envelope import Envelope
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    store.recover()
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+    kept = store.commit([Pending(DataFile(), b"x\n", envelope, 2, new_tmp_name())])[0]
+    os.link(os.path.join(store.info, kept.id), os.path.join(store.spare_dir, kept.id + ".i"))
+    with open(os.path.join(store.spare_dir, "free.m"), "wb") as f:
+        f.write(b"old")
+    store.close()
+    again = QueueStore(str(tmp_path / "queue1"))
+    again.open()
+    report = again.recover()
+    assert [m.id for m in report.messages] == [kept.id]
+    assert os.listdir(again.spare_dir) == ["free.m"] and len(again.spares) == 1
+    again.close()
