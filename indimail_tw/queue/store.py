@@ -189,10 +189,7 @@ class QueueStore:
         """Append the last bytes (``chunk``, then all of ``source`` if given), fsync and
         close the data file (created if nothing was spilled)."""
         try:
-            self.append(data, chunk)
-            if source is not None:
-                self.append_from(data, source)
-            os.ftruncate(data.fd, data.size)          # what a reused file held beyond
+            self._fill(data, chunk, source)
             fsutil.fsync_file(data.fd)
             os.close(data.fd)
             data.fd = None
@@ -200,22 +197,40 @@ class QueueStore:
             self.discard(data)
             raise
 
+    def _fill(self, data: DataFile, chunk: bytes, source: Any = None) -> None:
+        """Append the last bytes and cut off what a reused file held beyond them."""
+        self.append(data, chunk)
+        if source is not None:
+            self.append_from(data, source)
+        os.ftruncate(data.fd, data.size)
+
     def write_envelope(self, name: str, envelope: Envelope, size: int) -> None:
         """Write and fsync ``tmp/NAME``: the envelope of a message of ``size`` bytes."""
-        path = os.path.join(self.tmp, name)
-        fd = self.spares.create(path, truncate=False)
-        record = records.encode_envelope(envelope, size)
+        fd = self._open_envelope(name, envelope, size)
         try:
             try:
-                fsutil.write_all(fd, record)
-                os.ftruncate(fd, len(record))
                 fsutil.fsync_file(fd)
             finally:
                 os.close(fd)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            _unlink(os.path.join(self.tmp, name))
             raise
+
+    def _open_envelope(self, name: str, envelope: Envelope, size: int) -> int:
+        """Write ``tmp/NAME`` (not fsynced) and return its open fd; on an error the
+        file is removed and the error raised."""
+        path = os.path.join(self.tmp, name)
+        fd = self.spares.create(path, truncate=False)
+        try:
+            record = records.encode_envelope(envelope, size)
+            fsutil.write_all(fd, record)
+            os.ftruncate(fd, len(record))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            _unlink(path)
+            raise
+        return fd
 
     def prepare(self, data: DataFile, chunk: bytes, envelope: Envelope, name: str,
                 source: Any = None) -> Prepared:
@@ -294,8 +309,8 @@ class QueueStore:
         return results
 
     def _prepare_all(self, batch: Sequence[Prepared | Pending]) -> list[Prepared | BaseException]:
-        """:meth:`_prepare_pending` for every Pending one, but all files are written
-        first and then fsynced together (:func:`fsutil.fsync_all`), so the disk sees the
+        """Write and fsync every Pending message's data and envelope: all files are
+        written first and then fsynced together (:func:`fsutil.fsync_all`), so the disk sees the
         batch's flushes at once instead of one after the other."""
         written: list[tuple[Pending, int] | Prepared | BaseException] = []
         for p in batch:
@@ -326,41 +341,12 @@ class QueueStore:
         """Write a Pending message's data and envelope, not fsynced: the message and
         the envelope's open fd, or the error (then its files are gone)."""
         try:
-            self.append(p.data, p.chunk)
-            os.ftruncate(p.data.fd, p.data.size)     # what a reused file held beyond
+            self._fill(p.data, p.chunk)
+            fd = self._open_envelope(p.tmp, p.envelope, p.size)
         except Exception as e:  # noqa: BLE001 -- one message's error, not the batch's
             self.discard(p.data)
-            return e
-        path = os.path.join(self.tmp, p.tmp)
-        try:
-            fd = self.spares.create(path, truncate=False)
-        except Exception as e:  # noqa: BLE001
-            self.discard(p.data)
-            return e
-        try:
-            record = records.encode_envelope(p.envelope, p.size)
-            fsutil.write_all(fd, record)
-            os.ftruncate(fd, len(record))
-        except Exception as e:  # noqa: BLE001
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            self.discard(p.data, p.tmp)
             return e
         return p, fd
-
-    def _prepare_pending(self, p: Pending) -> Prepared | BaseException:
-        """Write and fsync a Pending message's data and envelope; its error, if any
-        (then its files are gone)."""
-        try:
-            self.finish(p.data, p.chunk)
-        except Exception as e:  # noqa: BLE001 -- one message's error, not the batch's
-            return e
-        try:
-            self.write_envelope(p.tmp, p.envelope, p.size)
-        except Exception as e:  # noqa: BLE001
-            self.discard(p.data, p.tmp)
-            return e
-        return Prepared(p.data.id, p.envelope, p.size, p.tmp)
 
     def _forget(self, p: Prepared) -> None:
         """Remove an uncommitted message's files; errors here must not hide the cause."""
