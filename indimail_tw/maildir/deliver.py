@@ -217,27 +217,26 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
         raise MaildirDeliveryError(f"dir {maildir} is sticky. (#4.2.1)", enhanced="4.2.1")
     tmp_dir, new_dir = os.path.join(maildir, "tmp"), os.path.join(maildir, "new")
     links = getattr(_batch, "links", None)
-    if links is not None:
-        return _deliver_later(links, maildir, tmp_dir, new_dir, message_path, header, data)
-    tmp = ""
+    tmp, fd = "", -1
     try:
-        for _ in range(_NAME_ATTEMPTS):
-            tmp = os.path.join(tmp_dir, fsutil.unique_name())
-            try:
-                crlf = _BareLF()
-                size = fsutil.write_new_file(
-                    tmp, crlf.count(_message_chunks(header, message_path, data)))
-                break
-            except FileExistsError:
-                tmp = ""
-                continue
-        else:
-            raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
+        tmp, fd, size, extra = _write_tmp(tmp_dir, header, message_path, data)
         base = os.path.basename(tmp)
         for attempt in range(_NAME_ATTEMPTS):
-            sizes = f",S={size},W={size + crlf.extra}"
-            name = (base if attempt == 0 else fsutil.unique_name()) + sizes
+            name = (base if attempt == 0 else fsutil.unique_name()) + f",S={size},W={extra}"
             final = os.path.join(new_dir, name)
+            if links is not None:
+                # inside shared_syncs: the fsync and the link wait for the block's end
+                if os.path.lexists(final):
+                    continue
+                links.unsynced.append(_Unsynced(fd, tmp, final, new_dir))
+                tmp, fd = "", -1
+                return Delivered(final, size)
+            if fd >= 0:
+                synced, fd = fd, -1
+                try:
+                    fsutil.fsync_file(synced)
+                finally:
+                    os.close(synced)
             try:
                 fsutil.link_into(tmp, final)
                 tmp = ""
@@ -250,54 +249,43 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
     except OSError as e:
         raise _os_error(maildir, e) from e
     finally:
+        if fd >= 0:
+            _closed(fd)
         if tmp:
             with suppress(OSError):
                 os.unlink(tmp)
 
 
-def _deliver_later(links: _Links, maildir: str, tmp_dir: str, new_dir: str,
-                   message_path: str, header: bytes, data: bytes | None) -> Delivered:
-    """:func:`deliver` inside :func:`shared_syncs`: write ``tmp/NAME`` and leave its
-    fsync and link to the end of the block."""
-    tmp, fd = "", -1
+def _write_tmp(tmp_dir: str, header: bytes, message_path: str,
+               data: bytes | None) -> tuple[str, int, int, int]:
+    """Create a uniquely named file in ``tmp/`` and write ``header`` + the message
+    into it (not fsynced): (path, open fd, size, size with CRLF line ends)."""
+    for _ in range(_NAME_ATTEMPTS):
+        tmp = os.path.join(tmp_dir, fsutil.unique_name())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
     try:
-        for _ in range(_NAME_ATTEMPTS):
-            tmp = os.path.join(tmp_dir, fsutil.unique_name())
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:
-            tmp = ""
-            raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
         crlf, size = _BareLF(), 0
         for chunk in crlf.count(_message_chunks(header, message_path, data)):
             fsutil.write_all(fd, chunk)
             size += len(chunk)
-        base = os.path.basename(tmp)
-        for attempt in range(_NAME_ATTEMPTS):
-            name = ((base if attempt == 0 else fsutil.unique_name())
-                    + f",S={size},W={size + crlf.extra}")
-            final = os.path.join(new_dir, name)
-            if not os.path.lexists(final):
-                break
-        else:
-            raise MaildirDeliveryError("Unable to find a unique name in new/. (#4.3.0)")
-        links.unsynced.append(_Unsynced(fd, tmp, final, new_dir))
-        tmp, fd = "", -1
-        return Delivered(final, size)
-    except MaildirDeliveryError:
+    except BaseException:
+        _closed(fd)
+        with suppress(OSError):
+            os.unlink(tmp)
         raise
-    except OSError as e:
-        raise _os_error(maildir, e) from e
-    finally:
-        if fd >= 0:
-            with suppress(OSError):
-                os.close(fd)
-        if tmp:
-            with suppress(OSError):
-                os.unlink(tmp)
+    return tmp, fd, size, size + crlf.extra
+
+
+def _closed(fd: int) -> int:
+    with suppress(OSError):
+        os.close(fd)
+    return -1
 
 
 def _os_error(maildir: str, e: OSError) -> MaildirDeliveryError:
