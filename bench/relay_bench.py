@@ -53,6 +53,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from tests.interop.mailservers import POSTFIX_MASTER_CF  # noqa: E402
+
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
@@ -242,30 +244,6 @@ class Ours:
         self.proc.wait(60)
 
 
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-proxywrite unix - - n -  1 proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
 
 
 class Postfix:
@@ -281,7 +259,7 @@ class Postfix:
             f.writelines(f"d{n}.bench smtp:[{sink_ip(n)}]:{sink_port}\n"
                          for n in range(DOMAINS))
         with open(os.path.join(self.conf, "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(port=self.port))
+            f.write(POSTFIX_MASTER_CF.format(ip="127.0.0.1", port=self.port))
         with open(os.path.join(self.conf, "main.cf"), "w") as f:
             f.write("\n".join([
                 "compatibility_level = 3.6",

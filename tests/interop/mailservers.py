@@ -37,6 +37,35 @@ from indimail_tw.tlsutil import make_self_signed
 HOST = "127.0.0.1"
 DOMAIN = "interop.test"
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-2"}
+
+#: master.cf of a private Postfix listening for SMTP on {ip}:{port} (the interop
+#: tests and bench/relay_bench.py run one each)
+POSTFIX_MASTER_CF = """\
+{ip}:{port} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -  - proxymap
+proxywrite unix - - n -  1 proxymap
+smtp      unix  - - n -  - smtp
+relay     unix  - - n -  - smtp
+showq     unix  n - n -  - showq
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+local     unix  - n n -  - local
+virtual   unix  - n n -  - virtual
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
 TWISTD = os.path.join(sys.prefix, "bin", "twistd")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")

@@ -32,38 +32,13 @@ from indimail_tw.admin.ops_domain import add_domain
 from indimail_tw.admin.ops_user import add_user
 from indimail_tw.admin.site import Site
 from indimail_tw.tlsutil import make_self_signed
+from tests.interop.mailservers import POSTFIX_MASTER_CF
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 TWISTD = os.path.join(sys.prefix, "bin", "twistd")
 OUR_IP, PF_IP = "127.0.0.1", "127.0.0.2"
 WAIT = 90.0            # seconds: an upper bound on waiting for one delivery
 
-MASTER_CF = """\
-{ip}:{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-proxywrite unix - - n -  1 proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-local     unix  - n n -  - local
-virtual   unix  - n n -  - virtual
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
 
 
 def _unavailable() -> str | None:
@@ -135,7 +110,7 @@ class PrivatePostfix:
         make_self_signed(pem, "pf.example")
         self.write("vmailbox", "bob@pf.test pf.test/bob/\n")
         self.write("transport", f"ours.test smtp:[{OUR_IP}]:{relay_port}\n")
-        self.write("master.cf", MASTER_CF.format(ip=PF_IP, port=port))
+        self.write("master.cf", POSTFIX_MASTER_CF.format(ip=PF_IP, port=port))
         self.write("main.cf", "\n".join([
             "compatibility_level = 3.6",
             f"queue_directory = {base}/queue",
