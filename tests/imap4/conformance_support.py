@@ -638,3 +638,37 @@ class Client:
 
     def login(self, user: str, password: str) -> None:
         self.cmd(f'LOGIN "{user}" "{password}"')
+
+
+def live_site(test, prefix: str, password: str, environ=None) -> tuple[str, object, str, str]:
+    """For tests of a listening server on the real reactor: a fresh data root with
+    alice@example.com (``password``, home ``ROOT/home/alice``) in the store and a
+    self-signed certificate.  Returns (root, context, home, certificate path);
+    ``test.addCleanup`` removes it all."""
+    import os
+    import shutil
+    import tempfile
+
+    from twisted.internet import reactor
+
+    from indimail_tw.auth import passwords
+    from indimail_tw.paths import Paths
+    from indimail_tw.service import build_context
+    from indimail_tw.storage import User
+    from indimail_tw.storage.store import REPOS
+    from indimail_tw.tlsutil import make_self_signed
+
+    root = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, root, True)
+    env = {"MIGRATEUSER": os.path.join(root, "absent"), "NORELAY": "1", **(environ or {})}
+    context = build_context(Paths.resolve(root, environ={}), env, reactor=reactor)
+    test.addCleanup(context.engine.close)
+    home = os.path.join(root, "home", "alice")
+
+    def add(txn):
+        REPOS.users.add(txn, User(name="alice", domain="example.com",
+                                  passwd=passwords.make_hash(password, "SHA-512"), dir=home))
+    context.engine.run_sync(add)
+    cert = os.path.join(context.paths.certs, "servercert.pem")
+    make_self_signed(cert, "imap.example.com")
+    return root, context, home, cert

@@ -17,26 +17,20 @@ import base64
 import functools
 import os
 import re
-import shutil
 import ssl
 import tempfile
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from indimail_tw.auth import passwords
 from indimail_tw.imap4.service import IMAPFactory
 from indimail_tw.maildir import deliver
-from indimail_tw.paths import Paths
-from indimail_tw.service import build_context
 from indimail_tw.smtp.service import CertificateSource
-from indimail_tw.storage import User
-from indimail_tw.storage.store import REPOS
-from indimail_tw.tlsutil import make_self_signed
 from tests.imap4.conformance_support import (
     Client,
     SyntaxViolation,
     check_response,
+    live_site,
     parse_list,
 )
 
@@ -216,23 +210,9 @@ class ConformanceCase(unittest.TestCase):
     environ = {"SECURE_AUTH": "0"}
 
     def setUp(self):
-        self.root = tempfile.mkdtemp(prefix="itw-imapc-")
-        self.addCleanup(shutil.rmtree, self.root, True)
-        environ = {"MIGRATEUSER": os.path.join(self.root, "absent"), "NORELAY": "1",
-                   **self.environ}
-        self.context = build_context(Paths.resolve(self.root, environ={}), environ,
-                                     reactor=reactor)
-        self.addCleanup(self.context.engine.close)
-        self.home = os.path.join(self.root, "home", "alice")
+        self.root, self.context, self.home, self.cert = live_site(
+            self, "itw-imapc-", PASSWORD, self.environ)
         self.maildir = os.path.join(self.home, "Maildir")
-
-        def add(txn):
-            REPOS.users.add(txn, User(name="alice", domain="example.com",
-                                      passwd=passwords.make_hash(PASSWORD, "SHA-512"),
-                                      dir=self.home))
-        self.context.engine.run_sync(add)
-        self.cert = os.path.join(self.context.paths.certs, "servercert.pem")
-        make_self_signed(self.cert, "imap.example.com")
         self.factory = IMAPFactory(self.context,
                                    certificate=CertificateSource(self.cert, reactor.seconds),
                                    clock=reactor)

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import imaplib
 import os
-import shutil
 import ssl
-import tempfile
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from indimail_tw.auth import passwords
 from indimail_tw.imap4.service import IMAPFactory
 from indimail_tw.maildir import deliver
-from indimail_tw.paths import Paths
-from indimail_tw.service import build_context
 from indimail_tw.smtp.service import CertificateSource
-from indimail_tw.storage import User
-from indimail_tw.storage.store import REPOS
-from indimail_tw.tlsutil import make_self_signed
+from tests.imap4.conformance_support import live_site
 
 USER, PASSWORD = "alice@example.com", "s3cret-Pw"
 MESSAGE = b"From: bob@example.com\r\nTo: alice@example.com\r\nSubject: hello\r\n\r\nhi there\r\n"
@@ -36,21 +29,8 @@ class IMAPInteropTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        self.root = tempfile.mkdtemp(prefix="itw-imap-")
-        self.addCleanup(shutil.rmtree, self.root, True)
-        environ = {"MIGRATEUSER": os.path.join(self.root, "absent"), "NORELAY": "1"}
-        self.context = build_context(Paths.resolve(self.root, environ={}), environ,
-                                     reactor=reactor)
-        self.addCleanup(self.context.engine.close)
-        self.home = os.path.join(self.root, "home", "alice")
-
-        def add(txn):
-            REPOS.users.add(txn, User(name="alice", domain="example.com",
-                                      passwd=passwords.make_hash(PASSWORD, "SHA-512"),
-                                      dir=self.home))
-        self.context.engine.run_sync(add)
-        self.cert = os.path.join(self.context.paths.certs, "servercert.pem")
-        make_self_signed(self.cert, "imap.example.com")
+        self.root, self.context, self.home, self.cert = live_site(self, "itw-imap-",
+                                                                  PASSWORD)
         self.ports = []
 
     def tearDown(self):
