@@ -184,6 +184,18 @@ class MailServer:
         return name
 
 
+def stop_process(process: subprocess.Popen | None) -> None:
+    """SIGTERM a server we started and wait for it (SIGKILL after a minute)."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 class OurServer(MailServer):
     name = "indimail_tw"
 
@@ -207,14 +219,7 @@ class OurServer(MailServer):
             wait_listening(port, lambda: self.process.poll() is None)
 
     def stop(self) -> None:
-        process = getattr(self, "process", None)
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(getattr(self, "process", None))
 
     def read_log(self) -> str:
         try:

@@ -31,7 +31,6 @@ import email.policy
 import errno
 import os
 import shutil
-import signal
 import smtplib
 import socket
 import ssl
@@ -47,6 +46,7 @@ from indimail_tw.admin.ops_domain import add_domain
 from indimail_tw.admin.ops_user import add_user
 from indimail_tw.admin.site import Site
 from indimail_tw.tlsutil import make_self_signed
+from tests.interop.mailservers import stop_process
 
 TWISTD = os.path.join(sys.prefix, "bin", "twistd")
 DNS_IP, A_IP, B_IP = "127.0.0.60", "127.0.0.61", "127.0.0.62"
@@ -100,17 +100,6 @@ def read(path: str) -> str:
         return ""
 
 
-def stop(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-
-
 def dns_answers(name: str, kind: int) -> list[dns.RRHeader]:
     """One UDP query to the test's DNS server (raises OSError when nobody answers)."""
     query = dns.Message(id=4242, recDes=0)
@@ -158,7 +147,7 @@ class DNSServer:
         raise AssertionError(f"the DNS server never answered:\n{read(self.log)[-3000:]}")
 
     def stop(self) -> None:
-        stop(self.process)
+        stop_process(self.process)
 
 
 class OurServer:
@@ -202,7 +191,7 @@ class OurServer:
         raise AssertionError(f"{self.me} never listened on {self.ip}:25")
 
     def stop(self) -> None:
-        stop(self.process)
+        stop_process(self.process)
         if self.process is not None and self.process.stderr is not None:
             self.process.stderr.close()
 
