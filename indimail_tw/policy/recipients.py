@@ -23,11 +23,20 @@ With the server's user store (which can read blocking, in the calling thread)
 the whole check is one job in a thread: the domain directory (cached, see
 :mod:`indimail_tw.delivery.domainfiles`) and the user and alias rows.  Other
 stores are asked through their Deferred API, one lookup after the other.
+
+The outcome of a lookup for an address (deliverable, unknown, inactive,
+over quota) is remembered for :data:`CACHE_SECONDS`, the time within which the
+domain files are also re-read, so a change to a user or an alias is seen within
+that time too: a burst of messages to the same addresses is answered on the
+reactor with no trip to a thread (IndiMail's inlookup caches these lookups for
+its qmail-smtpd the same way).  A database failure is never remembered; at most
+:data:`CACHE_SIZE` addresses are (the oldest are dropped first).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +52,10 @@ from indimail_tw.policy.base import (
 )
 
 log = Logger()
+
+#: Seconds a lookup's outcome is reused, and how many addresses are remembered.
+CACHE_SECONDS = 1.0
+CACHE_SIZE = 10000
 
 TOO_MANY_INVALID = Reject(421, "4.7.1", "too many invalid addresses, goodbye", close=True)
 
@@ -97,7 +110,9 @@ class RecipientExists(Check):
     """The recipient check; ``blocking`` runs a blocking function (default: in a thread)."""
 
     def __init__(self, store: Any, domains_dir: str,
-                 blocking: Callable[..., defer.Deferred] | None = None) -> None:
+                 blocking: Callable[..., defer.Deferred] | None = None, *,
+                 now: Callable[[], float] = time.monotonic,
+                 cache_seconds: float = CACHE_SECONDS, cache_size: int = CACHE_SIZE) -> None:
         self.store = store
         self.domains_dir = domains_dir
         self.domain_files = DomainFiles(domains_dir)
@@ -106,6 +121,12 @@ class RecipientExists(Check):
             blocking = threads.deferToThread
         self.blocking = blocking
         self._one_job = hasattr(store, "get_user_now") and hasattr(store, "alias_lines_now")
+        self._now = now
+        self.cache_seconds = cache_seconds
+        self.cache_size = cache_size
+        #: lowercased address -> (time of the lookup, its outcome: None, a Reject or
+        #: False for unknown); insertion order is age order
+        self._seen: dict[str, tuple[float, Reject | bool | None]] = {}
 
     def applies(self, ctx: SessionContext, domain: str) -> bool:
         settings = ctx.settings
@@ -127,22 +148,48 @@ class RecipientExists(Check):
         domain = domain.lower()
         if not self.applies(ctx, domain) or local.lower() == "postmaster":
             return None
+        key = request.address.lower()
+        seen = self._seen.get(key)
+        if seen is not None:
+            if self._now() - seen[0] < self.cache_seconds:
+                return self._judged(ctx, request.address, seen[1])
+            del self._seen[key]
         return self._lookup(ctx, request.address, local, domain)
 
     def _lookup(self, ctx: SessionContext, address: str, local: str,
                 domain: str) -> defer.Deferred:
+        started = self._now()
         if not self._one_job:
-            return self._lookup_async(ctx, address, local, domain)
-        d = self.blocking(self._check_now, address, local, domain)
+            d = self._lookup_async(address, local, domain)
+        else:
+            d = self.blocking(self._check_now, address, local, domain)
 
         def failed(failure: Any) -> Reject:
             log.failure("recipient lookup for {address} failed", failure, address=address)
             return TEMPORARY_DB_ERROR
 
         def judged(verdict: Reject | bool | None) -> Verdict:
-            return self._unknown(ctx, address) if verdict is False else verdict
+            self._remember(address.lower(), started, verdict)
+            return self._judged(ctx, address, verdict)
 
         return d.addCallbacks(judged, failed)
+
+    def _remember(self, key: str, when: float, verdict: Reject | bool | None) -> None:
+        if self.cache_seconds <= 0 or self.cache_size <= 0:
+            return
+        seen = self._seen
+        seen.pop(key, None)
+        while len(seen) >= self.cache_size:
+            del seen[next(iter(seen))]
+        seen[key] = (when, verdict)
+
+    def forget(self) -> None:
+        """Drop every remembered lookup (e.g. after the admin changed users)."""
+        self._seen.clear()
+
+    def _judged(self, ctx: SessionContext, address: str,
+                verdict: Reject | bool | None) -> Verdict:
+        return self._unknown(ctx, address) if verdict is False else verdict
 
     def _check_now(self, address: str, local: str, domain: str) -> Reject | bool | None:
         """The whole check, blocking (in a thread): None, a Reject or False (unknown)."""
@@ -169,20 +216,15 @@ class RecipientExists(Check):
         return None
 
     @defer.inlineCallbacks
-    def _lookup_async(self, ctx: SessionContext, address: str, local: str, domain: str):
-        try:
-            facts = yield self.blocking(domain_facts, self.domain_files, domain, local)
-            if facts.accepts_all:
-                return None
-            name = local.lower()
-            verdict = yield self._user_or_alias(address, name, domain)
-            if verdict is False and "-" in name:
-                verdict = yield self._user_or_alias(address, name.split("-", 1)[0], domain)
-        except Exception:  # noqa: BLE001 -- the store's failure is a temporary reply
-            log.failure("recipient lookup for {address} failed", address=address)
-            return TEMPORARY_DB_ERROR
-        if verdict is False:
-            return self._unknown(ctx, address)
+    def _lookup_async(self, address: str, local: str, domain: str):
+        """:meth:`_check_now` through the store's Deferred API, one lookup after the other."""
+        facts = yield self.blocking(domain_facts, self.domain_files, domain, local)
+        if facts.accepts_all:
+            return None
+        name = local.lower()
+        verdict = yield self._user_or_alias(address, name, domain)
+        if verdict is False and "-" in name:
+            verdict = yield self._user_or_alias(address, name.split("-", 1)[0], domain)
         return verdict
 
     @defer.inlineCallbacks
