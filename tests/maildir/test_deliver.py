@@ -224,8 +224,11 @@ def test_shared_syncs_fsync_each_new_directory_once_then_remove_tmp(tmp_path, me
         make_maildir(box)
     events = []
     real_fsync_dir, real_unlink = fsutil.fsync_dir, os.unlink
+    real_at_once = fsutil.fsync_dirs_at_once
     monkeypatch.setattr(fsutil, "fsync_dir", lambda path: (
         events.append(("fsync_dir", path)), real_fsync_dir(path)))
+    monkeypatch.setattr(fsutil, "fsync_dirs_at_once", lambda paths: (
+        events.extend(("fsync_dir", path) for path in paths), real_at_once(paths)))
     monkeypatch.setattr(os, "unlink", lambda path: (
         events.append(("unlink", os.path.basename(os.path.dirname(path)))), real_unlink(path)))
     with shared_syncs():
@@ -270,7 +273,8 @@ def test_shared_syncs_fsync_every_file_before_any_link(tmp_path, message, monkey
     with shared_syncs():
         results = [deliver(box, message, HEADER) for box in boxes]
         assert events == [] and all(listing(box, "new") == [] for box in boxes)
-    assert events == ["fsync"] * 3 + ["link"] * 3
+    # the three files, their links, then the three new/ directories (at once)
+    assert events == ["fsync"] * 3 + ["link"] * 3 + ["fsync"] * 3
     for box, result in zip(boxes, results, strict=True):
         assert listing(box, "new") == [os.path.basename(result.path)]
         assert listing(box, "tmp") == []
