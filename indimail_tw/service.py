@@ -33,7 +33,7 @@ from indimail_tw.auth.realm import MaildirRealm
 from indimail_tw.config import Config, ControlDir
 from indimail_tw.paths import Paths
 from indimail_tw.storage.engine import Engine, open_engine
-from indimail_tw.storage.store import UserStore
+from indimail_tw.storage.store import CACHE_SECONDS as STORE_CACHE_SECONDS, UserStore
 
 log = Logger()
 
@@ -78,7 +78,7 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
     config = Config(control)
     engine = open_engine(paths, environ, create=True)
     engine.run_sync(engine.prepare)
-    store = UserStore(engine)
+    store = UserStore(engine, cache_seconds=STORE_CACHE_SECONDS)
     checker = ChainChecker(checkers) if checkers else StoreChecker()
     context = ServerContext(paths=paths, config=config, engine=engine, store=store,
                             portal=Portal(MaildirRealm(store), [checker]), checker=checker,
@@ -141,6 +141,9 @@ class IndiMailService(service.MultiService):
         attach_queue(context, self)
 
     def reload(self) -> bool:
+        forget = getattr(self.context.store, "forget", None)
+        if forget is not None:                  # as inlookup's HUP clears its cache
+            forget()
         ok = self.context.config.reload()
         log.info("configuration reloaded" if ok else "configuration reload failed; "
                  "keeping the previous settings")

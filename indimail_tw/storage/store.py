@@ -5,9 +5,21 @@ engine's pool and returns a Deferred.  CLIs use the same repositories
 synchronously through ``engine.run_sync``.  The ``*_now`` methods are for
 server code already running in a worker thread: they block, reading on that
 thread's own connection (``engine.run_read``).
+
+With ``cache_seconds`` (the server passes :data:`CACHE_SECONDS`), what
+:meth:`UserStore.get_user_and_aliases_now` read (the lookup local delivery
+makes for every recipient) is reused for that long, as IndiMail's inlookup
+caches it for vdelivermail: a burst of messages to the same users costs one
+read per user, and a change to a user is seen within that time (the domain
+files and the SMTP recipient check are re-read at the same pace).  Writes made
+through this store drop everything remembered; at most :data:`CACHE_SIZE`
+lookups are kept.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -38,6 +50,10 @@ class Repos:
 
 REPOS = Repos()
 
+#: Seconds the server reuses a delivery lookup, and how many it keeps.
+CACHE_SECONDS = 1.0
+CACHE_SIZE = 10000
+
 
 def _lookup(txn: Txn, name: str, domain: str) -> tuple[User | None, str]:
     real = REPOS.aliasdomains.real_domain(txn, domain) or domain
@@ -54,9 +70,20 @@ def _lookup_with_aliases(txn: Txn, name: str, domain: str
 class UserStore:
     """Deferred-returning access to the user database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, cache_seconds: float = 0.0,
+                 now: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.repos = REPOS
+        self.cache_seconds = cache_seconds
+        self._now = now
+        #: (name, domain) -> (time read, (user, real domain, valias lines)); insertion
+        #: order is age order.  Read and written by worker threads: single dict
+        #: operations only.
+        self._recent: dict[tuple[str, str], tuple[float, tuple]] = {}
+
+    def forget(self) -> None:
+        """Drop every remembered lookup."""
+        self._recent.clear()
 
     def prepare(self) -> Deferred:
         """Create missing tables and check the schema version."""
@@ -73,8 +100,26 @@ class UserStore:
     def get_user_and_aliases_now(self, name: str, domain: str
                                  ) -> tuple[User | None, str, list[str]]:
         """(user, real domain, valias lines) in one read, blocking: the lines are those
-        of the user when there is one, else of ``name`` (in the real domain)."""
-        return self.engine.run_read(_lookup_with_aliases, name, domain)
+        of the user when there is one, else of ``name`` (in the real domain).
+        Reused for ``cache_seconds`` (see the module docstring)."""
+        if self.cache_seconds <= 0:
+            return self.engine.run_read(_lookup_with_aliases, name, domain)
+        key = (name, domain)
+        started = self._now()
+        seen = self._recent.get(key)
+        if seen is not None and started - seen[0] < self.cache_seconds:
+            user, real, lines = seen[1]
+            return user, real, list(lines)
+        user, real, lines = self.engine.run_read(_lookup_with_aliases, name, domain)
+        recent = self._recent
+        recent.pop(key, None)
+        while len(recent) >= CACHE_SIZE:
+            try:
+                del recent[next(iter(recent))]
+            except (KeyError, StopIteration, RuntimeError):   # another thread got there first
+                break
+        recent[key] = (started, (user, real, tuple(lines)))
+        return user, real, lines
 
     def alias_lines_now(self, alias: str, domain: str) -> list[str]:
         """:meth:`alias_lines`, blocking (call it in a worker thread)."""
@@ -92,9 +137,11 @@ class UserStore:
                                           service, remote_ip, quota, gecos)
 
     def set_active(self, name: str, domain: str, active: bool) -> Deferred:
+        self.forget()
         return self.engine.runInteraction(self.repos.users.set_active, name, domain, active)
 
     def set_flags(self, name: str, domain: str, gid: int) -> Deferred:
+        self.forget()
         return self.engine.runInteraction(self.repos.users.set_flags, name, domain, gid)
 
     def add_relay(self, email: str, ipaddr: str, when: int) -> Deferred:
