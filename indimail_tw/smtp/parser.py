@@ -200,6 +200,24 @@ class SMTPParser:
                         return self._finish(out, BadLineEnding("LF"))
                     pos += 1                                # dot-stuffing
                 self._at_line_start = False
+            # the usual case in one step: the text up to the next line that starts
+            # with a dot (or as much as this event may take), when every CR and LF
+            # in it is part of a CRLF pair
+            limit = min(n, pos + CHUNK - len(out))
+            k = buf.find(b"\r\n.", pos, limit)
+            end = k + 2 if k >= 0 else limit
+            if end > pos:
+                segment = buf[pos:end]
+                pairs = segment.count(b"\r\n")
+                if segment.count(b"\r") == pairs and segment.count(b"\n") == pairs:
+                    out += segment.replace(b"\r\n", b"\n") if pairs else segment
+                    pos = end
+                    self._at_line_start = segment.endswith(b"\r\n")
+                    continue
+            elif pos >= n:
+                break
+            # else one line at a time, which finds the bare CR or LF (or a CR
+            # whose LF has not arrived yet)
             match = _CRLF_CHAR.search(buf, pos)
             if match is None:
                 take = min(n - pos, CHUNK - len(out))

@@ -241,3 +241,71 @@ def test_fuzz_whole_bytewise_and_random_splits_agree():
         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 5))) if len(
             data) > 1 else []
         assert run(data, cuts, limit) == reference, (data, cuts)
+
+
+def _reference_data(data: bytes):
+    """DATA content read octet by octet (the rules of the module docstring): the
+    content, then "end", ("bad", "CR"|"LF") or None when more input is needed."""
+    out = bytearray()
+    i, n, line_start = 0, len(data), True
+    while True:
+        if line_start:
+            if i >= n:
+                return bytes(out), None
+            if data[i:i + 1] == b".":
+                if i + 1 >= n:
+                    return bytes(out), None
+                if data[i + 1:i + 2] == b"\r":
+                    if i + 2 >= n:
+                        return bytes(out), None
+                    return bytes(out), "end" if data[i + 2:i + 3] == b"\n" else ("bad", "CR")
+                if data[i + 1:i + 2] == b"\n":
+                    return bytes(out), ("bad", "LF")
+                i += 1
+            line_start = False
+        if i >= n:
+            return bytes(out), None
+        c = data[i:i + 1]
+        if c == b"\n":
+            return bytes(out), ("bad", "LF")
+        if c == b"\r":
+            if i + 1 >= n:
+                return bytes(out), None
+            if data[i + 1:i + 2] != b"\n":
+                return bytes(out), ("bad", "CR")
+            out += b"\n"
+            i += 2
+            line_start = True
+            continue
+        out += c
+        i += 1
+
+
+def test_data_content_matches_an_octet_by_octet_reading_however_it_is_split():
+    """The bulk path (whole runs of CRLF lines at once) gives exactly what reading
+    octet by octet gives, for random mixes of line ends, dots and split points."""
+    import random
+
+    from indimail_tw.smtp.parser import CHUNK, BadLineEnding, Content, ContentEnd
+
+    rng = random.Random(25)
+    pieces = [b"a", b"\r\n", b"\r", b"\n", b".", b"\r\n.", b"\r\n.\r\n", b"x" * 40,
+              b"\r\n..", b"\r\n.\r", b"\r\n.\n"]
+    for _ in range(4000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        cuts = sorted(rng.randint(0, len(data)) for _ in range(rng.randint(0, 3)))
+        parser = SMTPParser()
+        parser.expect_data()
+        content, outcome, last = bytearray(), None, 0
+        for cut in cuts + [len(data)]:
+            parser.feed(data[last:cut])
+            last = cut
+            while outcome is None and (event := parser.next_event()) is not None:
+                if isinstance(event, Content):
+                    assert 0 < len(event.data) <= CHUNK
+                    content += event.data
+                elif isinstance(event, ContentEnd):
+                    outcome = "end"
+                elif isinstance(event, BadLineEnding):
+                    outcome = ("bad", event.kind)
+        assert (bytes(content), outcome) == _reference_data(data), data
