@@ -146,11 +146,34 @@ class Check:
 HOOKS = ("connect", "helo", "mail", "rcpt", "data")
 
 
+def _implements(check: Any, hook: str) -> bool:
+    """Whether ``check`` has its own ``hook`` (not the no-op of :class:`Check`)."""
+    if callable(getattr(check, "__dict__", {}).get(hook)):     # set on the instance
+        return True
+    method = getattr(type(check), hook, None)
+    return method is not None and method is not getattr(Check, hook)
+
+
 class SMTPPolicy:
-    """An ordered list of checks; each hook runs them until the first reject."""
+    """An ordered list of checks; each hook runs them until the first reject.
+
+    Each hook calls only the checks that implement it (a :class:`Check` that
+    keeps the base class's method is skipped); the list per hook is made when
+    ``checks`` is set, so assign a new list to change the checks.
+    """
 
     def __init__(self, checks: Sequence[Check] = ()) -> None:
         self.checks = list(checks)
+
+    @property
+    def checks(self) -> list[Check]:
+        return self._checks
+
+    @checks.setter
+    def checks(self, value: Sequence[Check]) -> None:
+        self._checks = list(value)
+        self._plans = {hook: [getattr(check, hook) for check in self._checks
+                              if _implements(check, hook)] for hook in HOOKS}
 
     def run(self, hook: str, ctx: SessionContext, *args: Any) -> Verdict | defer.Deferred:
         """Synchronous while the checks are; a Deferred from the first one that is not."""
@@ -160,15 +183,14 @@ class SMTPPolicy:
 
     def _run_from(self, start: int, hook: str, ctx: SessionContext,
                   args: tuple) -> Verdict | defer.Deferred:
-        for index in range(start, len(self.checks)):
-            method = getattr(self.checks[index], hook, None)
-            if method is None:
+        plan = self._plans[hook]
+        for index in range(start, len(plan)):
+            verdict = plan[index](ctx, *args)
+            if verdict is None:
                 continue
-            verdict = method(ctx, *args)
             if isinstance(verdict, defer.Deferred):
                 return verdict.addCallback(self._continue, index + 1, hook, ctx, args)
-            if verdict is not None:
-                return verdict
+            return verdict
         return None
 
     def _continue(self, verdict: Verdict, start: int, hook: str, ctx: SessionContext,

@@ -119,3 +119,37 @@ def test_list_matches_ignores_bad_regex(site):
     site.environ["QREGEX"] = "1"
     site.reload()
     assert list_matches(site.config.current, "badmailfrom", "a@b") is False
+
+
+def test_policy_calls_only_the_checks_that_implement_a_hook():
+    """Checks that keep Check's no-op for a hook are not called for it; duck-typed
+    checks and methods set on an instance are; a reject stops the rest."""
+    from indimail_tw.policy.base import Check, Reject, SMTPPolicy
+
+    calls = []
+
+    class Mail(Check):
+        def mail(self, ctx, sender, params):
+            calls.append("Mail.mail")
+
+    class Quiet(Check):
+        def __getattribute__(self, name):
+            if name in ("mail", "rcpt"):
+                calls.append(f"Quiet.{name} looked up")
+            return super().__getattribute__(name)
+
+    class Duck:
+        def mail(self, ctx, sender, params):
+            calls.append("Duck.mail")
+            return Reject(550, "5.7.1", "no")
+
+    instance = Check()
+    instance.rcpt = lambda ctx, request: calls.append("instance.rcpt")
+    policy = SMTPPolicy([Quiet(), Mail(), Duck(), instance, Mail()])
+    calls.clear()
+    verdict = policy.run("mail", None, "s@example.com", {})
+    assert verdict.code == 550
+    assert calls == ["Mail.mail", "Duck.mail"]
+    calls.clear()
+    assert policy.run("rcpt", None, object()) is None
+    assert calls == ["instance.rcpt"]
