@@ -361,6 +361,13 @@ class Settings:
             return None
         return self._builder.cdbs[path + ".cdb"][1]
 
+    def list_is_empty(self, name: str) -> bool:
+        """Whether list ``name`` can match nothing: no entries and no ``NAME.cdb``
+        (what the SMTP access checks test first: most sites have no such lists)."""
+        if name not in self._lower:
+            raise KeyError(f"not a plain list setting: {name!r}")
+        return not self._values[name] and self.cdb(name) is None
+
     def in_list(self, name: str, key: str) -> bool:
         """Exact, case-insensitive membership; ``NAME.cdb`` wins over the text file.
 

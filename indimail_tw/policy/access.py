@@ -50,6 +50,8 @@ def _domain_key(key: str) -> str | None:
 
 def list_matches(settings: Any, name: str, key: str, patterns: str | None = None) -> bool:
     """Whether ``key`` (an address or a host name) is caught by list ``name``."""
+    if settings.list_is_empty(name) and (not patterns or not settings.get(patterns)):
+        return False
     key = key.lower()
     if not key:
         return False

@@ -153,3 +153,14 @@ def test_policy_calls_only_the_checks_that_implement_a_hook():
     calls.clear()
     assert policy.run("rcpt", None, object()) is None
     assert calls == ["instance.rcpt"]
+
+
+def test_list_is_empty_only_without_entries_and_cdb(site):
+    assert site.context().config.current.list_is_empty("badmailfrom")
+    site.write_control("badmailfrom", "@worse.example\n")
+    site.reload()
+    settings = site.context().config.current
+    assert not settings.list_is_empty("badmailfrom")
+    assert list_matches(settings, "badmailfrom", "x@worse.example")
+    with pytest.raises(KeyError):
+        settings.list_is_empty("databytes")
