@@ -272,14 +272,16 @@ class _GlibcAio:
 
         self.ctypes = ctypes
         try:
-            quick = ctypes.PyDLL(None, use_errno=True)       # calls that never block:
-            submit, status = quick.aio_fsync, quick.aio_error  # the lock stays held
+            quick = ctypes.PyDLL(None, use_errno=True)       # calls that never wait:
+            status = quick.aio_error                          # the lock stays held
         except AttributeError:                                  # glibc < 2.34: in librt
             name = ctypes.util.find_library("rt") or "librt.so.1"
             quick = ctypes.PyDLL(name, use_errno=True)
-            submit, status = quick.aio_fsync, quick.aio_error
-        slow = ctypes.CDLL(quick._name, use_errno=True)       # aio_suspend releases it
-        result, suspend = quick.aio_return, slow.aio_suspend
+            status = quick.aio_error
+        # aio_fsync wakes or starts one of the C library's threads (tens of
+        # microseconds), aio_suspend waits: both give up the interpreter lock
+        slow = ctypes.CDLL(quick._name, use_errno=True)
+        submit, result, suspend = slow.aio_fsync, quick.aio_return, slow.aio_suspend
         submit.argtypes = (ctypes.c_int, ctypes.c_void_p)
         submit.restype = ctypes.c_int
         status.argtypes = (ctypes.c_void_p,)
