@@ -49,7 +49,18 @@ class LocalOptions:
     def from_environ(cls, env: Mapping[str, str]) -> LocalOptions:
         """ALLOW_INACTIVE, MAILDIRFOLDER, DISCARD_BOUNCE, QMAIL_EXT, PROGRAM_TIMEOUT,
         OVERQUOTA_MAILSIZE, HOLDOVERQUOTA, MAILDIRSIZE_MAX_SIZE, MAILDIRSIZE_MAX_AGE,
-        FAST_QUOTA, INCLUDE_TRASH."""
+        FAST_QUOTA, INCLUDE_TRASH (parsed once per set of values: every delivery asks)."""
+        key = tuple(env.get(name) for name in _OPTION_NAMES)
+        options = _options_seen.get(key)
+        if options is None:
+            options = cls._parse(env)
+            if len(_options_seen) >= 64:
+                _options_seen.clear()
+            _options_seen[key] = options
+        return options
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str]) -> LocalOptions:
         policy = QuotaPolicy(
             overquota_mailsize=int(_number(env, "OVERQUOTA_MAILSIZE", mq.OVERQUOTA_MAILSIZE)),
             holdoverquota=env.get("HOLDOVERQUOTA") or "holdoverquota",
@@ -60,6 +71,12 @@ class LocalOptions:
                    maildirfolder=env.get("MAILDIRFOLDER") or None,
                    discard_bounce=_flag(env, "DISCARD_BOUNCE"), qmail_ext=_flag(env, "QMAIL_EXT"),
                    program_timeout=_number(env, "PROGRAM_TIMEOUT", 3600.0), quota=policy)
+
+
+_OPTION_NAMES = ("ALLOW_INACTIVE", "MAILDIRFOLDER", "DISCARD_BOUNCE", "QMAIL_EXT",
+                 "PROGRAM_TIMEOUT", "OVERQUOTA_MAILSIZE", "HOLDOVERQUOTA",
+                 "MAILDIRSIZE_MAX_SIZE", "MAILDIRSIZE_MAX_AGE", "FAST_QUOTA", "INCLUDE_TRASH")
+_options_seen: dict[tuple[str | None, ...], LocalOptions] = {}
 
 
 @dataclass

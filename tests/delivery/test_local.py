@@ -436,3 +436,18 @@ class MiscTests(DeliverySite, unittest.TestCase):
         result = yield self.deliver("alice@example.com", message)
         self.assertTrue(result.is_temporary)
         self.flushLoggedErrors()
+
+
+def test_local_options_follow_the_environment_values():
+    """Parsed once per set of values (every delivery asks), yet a changed value counts."""
+    from indimail_tw.delivery.steps import LocalOptions
+
+    env = {"QMAIL_EXT": "1", "OVERQUOTA_MAILSIZE": "2000"}
+    first = LocalOptions.from_environ(env)
+    assert first.qmail_ext and first.quota.overquota_mailsize == 2000
+    assert LocalOptions.from_environ(dict(env)) is first
+    env["OVERQUOTA_MAILSIZE"] = "3000"
+    env["MAILDIRFOLDER"] = ".Inbox"
+    changed = LocalOptions.from_environ(env)
+    assert changed.quota.overquota_mailsize == 3000 and changed.maildirfolder == ".Inbox"
+    assert LocalOptions.from_environ({}) == LocalOptions()
