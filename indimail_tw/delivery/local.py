@@ -255,7 +255,8 @@ class LocalDeliveryAgent:
         its order, up to the first that ends the delivery or needs the reactor; then
         :meth:`_look_user`.  Fills in ``job.scan``, ``job.real_domain`` and
         ``job.domain_dir``."""
-        pre = precheck(job.message.path, job.sender, settings)
+        pre = precheck(job.message.path, job.sender, settings,
+                       getattr(job.message, "data", None))
         facts = _Facts(pre)
         job.scan = pre.scan
         if pre.size == 0 or pre.blackholed or is_looping(pre.scan, dt_address,

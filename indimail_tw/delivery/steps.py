@@ -13,7 +13,9 @@ from twisted.logger import Logger
 
 from indimail_tw.auth.flags import Flags
 from indimail_tw.delivery.mailbox import QuotaPolicy
-from indimail_tw.delivery.message import HeaderScan, dtline_address, read_message_start
+from indimail_tw.delivery.message import (
+    MAX_HEADER_SCAN, HeaderScan, dtline_address, read_message_start, scan_header,
+)
 from indimail_tw.maildir import quota as mq
 from indimail_tw.queue.envelope import Recipient
 from indimail_tw.storage.engine import Txn
@@ -149,8 +151,13 @@ def qmail_address(settings: Any, local: str, domain: str) -> str:
     return rewritten or dtline_address(local, domain)
 
 
-def precheck(path: str, sender: str, settings: Any) -> Precheck:
-    size, scan, data = read_message_start(path)
+def precheck(path: str, sender: str, settings: Any, data: bytes | None = None) -> Precheck:
+    """The message's size and header (from ``data`` when the queue kept the bytes in
+    memory, else read from ``path``), and the settings' verdicts on the sender."""
+    if data is not None:
+        size, scan = len(data), scan_header(data[:MAX_HEADER_SCAN])
+    else:
+        size, scan, data = read_message_start(path)
     return Precheck(size, scan, _max_delivered_to(settings), _blackholed(settings, sender),
                     data)
 

@@ -31,6 +31,14 @@ def _default_bounce_factory(message: Any, failures: Any, settings: Any,
     return make_bounce(message, failures, settings, expired=expired)
 
 
+#: A message received in memory stays there for its first deliveries (local delivery
+#: then need not read it back from disk) when it is at most KEEP_MAX bytes and the
+#: queue holds at most RESIDENT_LIMIT bytes of such copies; the scheduler lets go of
+#: a copy once none of the message's deliveries is running.
+KEEP_MAX = 64 * 1024
+RESIDENT_LIMIT = 16 * 1024 * 1024
+
+
 @implementer(IQueue)
 class Queue:
     """One queue directory (e.g. ``queue/queue1``) with its own scheduler.
@@ -60,6 +68,7 @@ class Queue:
             bounce_factory=bounce_factory or _default_bounce_factory,
             inject=inject or self.enqueue, debug=debug)
         self.writers = 0           # messages being received or committed
+        self.resident = 0          # bytes of messages kept in memory (see committed())
         self._open: bool | Failure = False
         self._openers: list[defer.Deferred] = []
 
@@ -167,10 +176,21 @@ class Queue:
                  protocol=envelope.protocol, ip=envelope.remote_ip)
         states = [RecipientState(i, r, next_at=envelope.received_at)
                   for i, r in enumerate(envelope.recipients)]
-        self.scheduler.add(self._message(prepared.id, envelope, prepared.size), states)
+        data = prepared.data
+        if data is not None and (len(data) > KEEP_MAX
+                                 or self.resident + len(data) > RESIDENT_LIMIT):
+            data = None
+        if data is not None:
+            self.resident += len(data)
+        self.scheduler.add(self._message(prepared.id, envelope, prepared.size, data), states)
 
-    def _message(self, msg_id: str, envelope: Envelope, size: int) -> QueuedMessage:
-        return QueuedMessage(msg_id, envelope, self.store.mess_path(msg_id), size, self.name)
+    def _message(self, msg_id: str, envelope: Envelope, size: int,
+                 data: bytes | None = None) -> QueuedMessage:
+        return QueuedMessage(msg_id, envelope, self.store.mess_path(msg_id), size, self.name,
+                             data, self._released if data is not None else None)
+
+    def _released(self, size: int) -> None:
+        self.resident -= size
 
 
 #: Seconds after a removal by which its data is gone too when no commit batch came

@@ -400,7 +400,12 @@ class Scheduler:
                     ) and all(s.is_final for s in entry.states)
 
     def _settle(self, entry: _Entry) -> None:
-        """Bounce or remove the message once none of its jobs is running."""
+        """Bounce or remove the message once none of its jobs is running (and stop
+        keeping its bytes in memory: a retry reads them from disk)."""
+        if not entry.running:
+            release = getattr(entry.message, "release_data", None)
+            if release is not None:
+                release()
         if (entry.running or entry.bouncing or entry.bounce_later or entry.gone
                 or self._abandoned):
             return

@@ -80,6 +80,7 @@ class Prepared:
     envelope: Envelope
     size: int
     tmp: str                # the envelope's name in tmp/
+    data: bytes | None = None   # the whole message, when it was received in memory
 
 
 @dataclass
@@ -334,7 +335,8 @@ class QueueStore:
                 self.discard(p.data, p.tmp)
                 results.append(error)
             else:
-                results.append(Prepared(p.data.id, p.envelope, p.size, p.tmp))
+                whole = p.chunk if len(p.chunk) == p.size else None
+                results.append(Prepared(p.data.id, p.envelope, p.size, p.tmp, whole))
         return results
 
     def _write_pending(self, p: Pending) -> tuple[Pending, int] | BaseException:

@@ -451,3 +451,14 @@ def test_local_options_follow_the_environment_values():
     changed = LocalOptions.from_environ(env)
     assert changed.quota.overquota_mailsize == 3000 and changed.maildirfolder == ".Inbox"
     assert LocalOptions.from_environ({}) == LocalOptions()
+
+
+def test_precheck_uses_the_bytes_the_queue_kept(tmp_path):
+    """With the message's bytes at hand the file is not read (it may even be gone)."""
+    from indimail_tw.delivery.steps import precheck
+
+    data = b"Delivered-To: a@example.com\nSubject: x\n\nbody\n"
+    pre = precheck(str(tmp_path / "missing"), "s@example.com", None, data)
+    assert pre.size == len(data) and pre.data is data
+    assert pre.scan.delivered_to == ("a@example.com",)
+    assert pre.scan.header == b"Delivered-To: a@example.com\nSubject: x\n\n"
