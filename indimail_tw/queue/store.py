@@ -70,6 +70,7 @@ class DataFile:
     id: str | None = None
     fd: int | None = None
     size: int = 0
+    old_size: int = -1      # bytes the (reused) file held before; -1: not known
 
 
 @dataclass
@@ -142,6 +143,9 @@ class QueueStore:
         #: Messages committed by this process that have no state log yet: their
         #: removal need not try to unlink one (a set is thread-safe for add/discard).
         self._no_state: set[str] = set()
+        #: Sizes of the data and envelope files of messages committed by this process
+        #: (their removal then needs no stat, and the reuse of the files no ftruncate).
+        self._file_sizes: dict[str, tuple[int, int]] = {}
 
     def mess_path(self, msg_id: str) -> str:
         return os.path.join(self.mess, msg_id)
@@ -203,11 +207,12 @@ class QueueStore:
         self.append(data, chunk)
         if source is not None:
             self.append_from(data, source)
-        os.ftruncate(data.fd, data.size)
+        if data.old_size < 0 or data.old_size > data.size:
+            os.ftruncate(data.fd, data.size)
 
     def write_envelope(self, name: str, envelope: Envelope, size: int) -> None:
         """Write and fsync ``tmp/NAME``: the envelope of a message of ``size`` bytes."""
-        fd = self._open_envelope(name, envelope, size)
+        fd, _ = self._open_envelope(name, envelope, size)
         try:
             try:
                 fsutil.fsync_file(fd)
@@ -217,21 +222,22 @@ class QueueStore:
             _unlink(os.path.join(self.tmp, name))
             raise
 
-    def _open_envelope(self, name: str, envelope: Envelope, size: int) -> int:
-        """Write ``tmp/NAME`` (not fsynced) and return its open fd; on an error the
-        file is removed and the error raised."""
+    def _open_envelope(self, name: str, envelope: Envelope, size: int) -> tuple[int, int]:
+        """Write ``tmp/NAME`` (not fsynced) and return its open fd and its size; on an
+        error the file is removed and the error raised."""
         path = os.path.join(self.tmp, name)
-        fd = self.spares.create(path, truncate=False)
+        fd, old_size = self.spares.reuse(path)
         try:
             record = records.encode_envelope(envelope, size)
             fsutil.write_all(fd, record)
-            os.ftruncate(fd, len(record))
+            if old_size < 0 or old_size > len(record):
+                os.ftruncate(fd, len(record))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             _unlink(path)
             raise
-        return fd
+        return fd, len(record)
 
     def prepare(self, data: DataFile, chunk: bytes, envelope: Envelope, name: str,
                 source: Any = None) -> Prepared:
@@ -247,6 +253,8 @@ class QueueStore:
 
     def discard(self, data: DataFile, name: str | None = None) -> None:
         """Throw away an uncommitted message (safe to call more than once)."""
+        if data.id is not None:
+            self._file_sizes.pop(data.id, None)
         if data.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(data.fd)
@@ -261,7 +269,7 @@ class QueueStore:
         while True:
             msg_id = new_id()
             try:
-                data.fd = self.spares.create(self.mess_path(msg_id), truncate=False)
+                data.fd, data.old_size = self.spares.reuse(self.mess_path(msg_id))
             except FileExistsError:
                 continue
             data.id = msg_id
@@ -344,10 +352,11 @@ class QueueStore:
         the envelope's open fd, or the error (then its files are gone)."""
         try:
             self._fill(p.data, p.chunk)
-            fd = self._open_envelope(p.tmp, p.envelope, p.size)
+            fd, envelope_size = self._open_envelope(p.tmp, p.envelope, p.size)
         except Exception as e:  # noqa: BLE001 -- one message's error, not the batch's
             self.discard(p.data)
             return e
+        self._file_sizes[p.data.id] = (p.data.size, envelope_size)
         return p, fd
 
     def _forget(self, p: Prepared) -> None:
@@ -384,7 +393,9 @@ class QueueStore:
                 # held: reused only once the fsync of info/ has made this removal
                 # durable (:meth:`_finish_removals`); reused earlier, a crash could
                 # bring info/ID back holding another message's envelope
-                self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i", held=True)
+                sizes = self._file_sizes.get(msg_id)
+                self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i", held=True,
+                                 size=sizes[1] if sizes is not None else None)
             except OSError as e:
                 errors[msg_id] = e
         with self._removals_lock:
@@ -423,10 +434,13 @@ class QueueStore:
         """``info/ID`` of each is durably gone: its data and state log can go too."""
         no_state = self._no_state
         give = self.spares.give
+        sizes = self._file_sizes
         for msg_id in taken:
             self.spares.release(msg_id + ".i")
+            known = sizes.pop(msg_id, None)
             with contextlib.suppress(OSError):      # harmless leftovers for recovery
-                give(self.mess_path(msg_id), msg_id + ".m", sized=True)
+                give(self.mess_path(msg_id), msg_id + ".m", sized=True,
+                     size=known[0] if known is not None else None)
                 if msg_id in no_state:
                     no_state.discard(msg_id)
                 else:
@@ -547,6 +561,7 @@ class Spares:
         self.max_size = SPARE_MAX_SIZE if max_size is None else max_size
         self._names: list[str] = []
         self._held: set[str] = set()        # in spare/, not to be reused yet (give(held=))
+        self._sizes: dict[str, int] = {}    # size of a spare file, where it is known
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -571,7 +586,7 @@ class Spares:
             else:
                 keep.append(name)
         with self._lock:
-            self._names, self._held = keep, set()
+            self._names, self._held, self._sizes = keep, set(), {}
         return dropped
 
     def create(self, path: str, truncate: bool = True) -> int:
@@ -580,15 +595,29 @@ class Spares:
 
         With ``truncate`` false a spare file keeps its old bytes and blocks: the
         caller overwrites them and must ``ftruncate`` to its own size before the
-        fsync.  Overwriting a block in place is cheaper than freeing it on open
-        and allocating it again on write (most messages fit the blocks of the
-        last one).
+        fsync (see :meth:`reuse`).  Overwriting a block in place is cheaper than
+        freeing it on open and allocating it again on write (most messages fit
+        the blocks of the last one).
         """
+        if truncate:
+            fd, _ = self._take(path, os.O_TRUNC)
+            return fd
+        return self.reuse(path)[0]
+
+    def reuse(self, path: str) -> tuple[int, int]:
+        """:meth:`create` without truncating: the fd and how many bytes the file holds
+        (0 for a new file, -1 when not known).  The caller overwrites them and cuts
+        the file to its own size when that is smaller, or the old size is not
+        known, before the fsync."""
+        return self._take(path, 0)
+
+    def _take(self, path: str, flags: int) -> tuple[int, int]:
         while True:
             with self._lock:
                 name = self._names.pop() if self._names else None
+                size = self._sizes.pop(name, -1) if name is not None else 0
             if name is None:
-                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0
             try:
                 _rename_noreplace(os.path.join(self.path, name), path)
             except FileNotFoundError:
@@ -598,15 +627,18 @@ class Spares:
                     self._names.append(name)
                 raise
             try:
-                return os.open(path, os.O_WRONLY | (os.O_TRUNC if truncate else 0))
+                return os.open(path, os.O_WRONLY | flags), (0 if flags & os.O_TRUNC else size)
             except BaseException:
                 _unlink(path)
                 raise
 
-    def give(self, path: str, name: str, sized: bool = False, held: bool = False) -> None:
+    def give(self, path: str, name: str, sized: bool = False, held: bool = False,
+             size: int | None = None) -> None:
         """Remove ``path``: into the pool as ``name`` while there is room (and, with
         ``sized``, the file is small enough), else unlinked.  FileNotFoundError is
-        not an error.  With ``held`` the file is not reused before :meth:`release`."""
+        not an error.  With ``held`` the file is not reused before :meth:`release`.
+        ``size``, when the caller knows it, is the file's size (no ``stat``; the
+        next :meth:`reuse` may then skip its ``ftruncate``)."""
         with self._lock:
             room = len(self._names) + len(self._held) < self.limit
             if room:                          # reserved; taken back on failure
@@ -614,9 +646,11 @@ class Spares:
                     self._held.add(name)
                 else:
                     self._names.append(name)
+                if size is not None:
+                    self._sizes[name] = size
         if room and sized:
             try:
-                room = os.stat(path).st_size <= self.max_size
+                room = (size if size is not None else os.stat(path).st_size) <= self.max_size
             except FileNotFoundError:
                 room = False
             if not room:
@@ -642,6 +676,7 @@ class Spares:
     def _forget(self, name: str) -> None:
         with self._lock:
             self._held.discard(name)
+            self._sizes.pop(name, None)
             with contextlib.suppress(ValueError):
                 self._names.remove(name)
 

@@ -394,6 +394,48 @@ def test_finished_messages_files_are_reused_from_spare(tmp_path):
     store.close()
 
 
+def test_reused_files_of_known_size_are_cut_only_when_longer(tmp_path, monkeypatch):
+    """The sizes of the files this process committed are remembered: their removal
+    needs no stat, and a reuse cuts the file only when the old content is longer
+    (a longer or equal new content overwrites all of it)."""
+    from indimail_tw.queue.envelope import Envelope
+    from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
+
+    store = QueueStore(str(tmp_path / "queue1"))
+    store.open()
+    store.recover()
+    envelope = Envelope.simple("a@b.test", "c@d.test", received_at=1.0)
+    cuts, stats = [], []
+    real_ftruncate, real_stat = os.ftruncate, os.stat
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: (cuts.append(n), real_ftruncate(fd, n)))
+
+    def commit(body: bytes):
+        return store.commit([Pending(DataFile(), body, envelope, len(body),
+                                     new_tmp_name())])[0]
+
+    def remove(message):
+        monkeypatch.setattr(os, "stat", lambda path, *a, **kw: (stats.append(path),
+                                                                real_stat(path, *a, **kw))[1])
+        store.apply([("remove", message.id, b"")])
+        monkeypatch.setattr(os, "stat", real_stat)
+
+    first = commit(b"1234\n")
+    cuts.clear()
+    remove(first)
+    assert not [path for path in stats if store.mess in path]     # no stat of the data
+    second = commit(b"123456789\n")            # longer, same envelope size: no cut
+    assert cuts == []
+    with open(store.mess_path(second.id), "rb") as f:
+        assert f.read() == b"123456789\n"
+    remove(second)
+    third = commit(b"12\n")                    # shorter: cut to its size (and the
+    assert cuts[0] == 3 and len(cuts) == 2      # envelope: its size has one digit less)
+    with open(store.mess_path(third.id), "rb") as f:
+        assert f.read() == b"12\n"
+    assert store.load(third.id).size == 3
+    store.close()
+
+
 def test_spare_pool_is_bounded_and_skips_big_files(tmp_path):
     from indimail_tw.queue.envelope import Envelope
     from indimail_tw.queue.store import DataFile, Pending, QueueStore, new_tmp_name
