@@ -11,6 +11,9 @@ A mixin of a Twisted ``Protocol`` that has ``parser`` (with ``buffered``,
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import socket
 from typing import Any
 
 from twisted.internet import defer, tcp
@@ -36,6 +39,50 @@ def direct_socket(transport: Any) -> Any:
     return None
 
 
+def _load_quick_send() -> Any:
+    """libc's ``send`` called without giving up the interpreter lock (Linux), or None.
+
+    Python gives up the lock around every socket call, even one on a
+    non-blocking socket that returns at once; in a busy server another thread
+    (a queue or delivery job) then takes it, and the reactor thread waits for
+    that thread's next system call before it can go on, on every reply (measured:
+    about 120 microseconds per send under load).  A non-blocking ``send`` never
+    waits, so keeping the lock costs nothing.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.PyDLL(None, use_errno=True).send
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+_quick_send = _load_quick_send()
+_DONTWAIT = 0x40 | 0x4000            # MSG_DONTWAIT | MSG_NOSIGNAL (Linux)
+
+
+def _send(sock: Any, data: bytes) -> int:
+    """Bytes of ``data`` the socket took (0 when it takes none now); OSError on an error."""
+    if _quick_send is None or not isinstance(sock, socket.socket):
+        return sock.send(data)
+    sent = _quick_send(sock.fileno(), data, len(data), _DONTWAIT)
+    if sent >= 0:
+        return sent
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+        return 0
+    raise OSError(err, os.strerror(err))
+
+
 def send_now(transport: Any, sock: Any, data: bytes) -> None:
     """``transport.write(data)``, but sending at once what the socket takes when
     nothing is queued before it.
@@ -52,7 +99,7 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
             and transport.connected and not transport.disconnecting
             and transport.producer is None):
         try:
-            sent = sock.send(data)
+            sent = _send(sock, data)
         except OSError:          # EAGAIN, or an error the transport's own write will meet
             sent = 0
         if sent >= len(data):

@@ -89,3 +89,32 @@ class SendNowTests(unittest.TestCase):
         self.assertIs(direct_socket(connection), a)
         connection.TLS = True
         self.assertIsNone(direct_socket(connection))
+
+
+class RealSocketTests(unittest.TestCase):
+    """With a real socket the send keeps the interpreter lock (libc's send with
+    MSG_DONTWAIT): what it takes, a full buffer and an error behave as sock.send."""
+
+    def setUp(self):
+        self.ours, self.peer = socket.socketpair()
+        self.ours.setblocking(False)
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.peer.close)
+
+    def test_sends_what_the_socket_takes_and_queues_the_rest(self):
+        transport = FakeTransport()
+        send_now(transport, self.ours, b"250 ok\r\n")
+        self.assertEqual(self.peer.recv(100), b"250 ok\r\n")
+        self.assertEqual(transport.written, [])
+        big = b"x" * (8 * 1024 * 1024)               # more than the socket buffer holds
+        send_now(transport, self.ours, big)
+        (rest,) = transport.written
+        self.assertTrue(0 < len(rest) < len(big))
+        self.assertTrue(big.endswith(rest))
+
+    def test_an_error_leaves_it_to_the_transport(self):
+        self.peer.close()
+        transport = FakeTransport()
+        send_now(transport, self.ours, b"250 ok\r\n")
+        send_now(transport, self.ours, b"250 ok\r\n")   # EPIPE by now, never SIGPIPE
+        self.assertEqual(transport.written[-1], b"250 ok\r\n")
