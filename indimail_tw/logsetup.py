@@ -26,16 +26,42 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from typing import Any
 
 from twisted.logger import (
-    FileLogObserver, LogLevel, formatEventAsClassicLogText, formatTime, globalLogPublisher,
+    FileLogObserver, LogLevel, Logger, formatEventAsClassicLogText, formatTime,
+    globalLogPublisher,
 )
 from twisted.python import logfile, threadable
 
 FLUSH_DELAY = 0.2
 FLUSH_BYTES = 64 * 1024
 _PROMPT = (LogLevel.warn, LogLevel.error, LogLevel.critical)
+
+
+_LEVELS = frozenset(LogLevel.iterconstants())
+
+
+class QuickLogger(Logger):
+    """A :class:`twisted.logger.Logger` for the lines logged for every message.
+
+    ``Logger.emit`` checks the level against a freshly sorted list of all levels
+    (``LogLevel.iterconstants()``), a third of its cost; this one checks it against
+    a set made once.  The event is the same; a bad level still goes to
+    ``Logger.emit``, which reports it.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None,  # noqa: A002
+             **kwargs: object) -> None:
+        if level not in _LEVELS:
+            super().emit(level, format, **kwargs)
+            return
+        kwargs.update(log_logger=self, log_level=level, log_namespace=self.namespace,
+                      log_source=self.source, log_format=format, log_time=time.time())
+        if "log_trace" in kwargs:
+            kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
+        self.observer(kwargs)
 
 
 class BufferedLogObserver:

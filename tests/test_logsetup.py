@@ -121,3 +121,24 @@ def test_an_event_logged_while_writing_does_not_deadlock():
     text = out.getvalue()
     assert sorted(line.split("] ", 1)[1] for line in text.splitlines()) == [
         "Received SIGTERM", "first", "prompt"]
+
+
+def test_quick_logger_emits_what_logger_emits():
+    from twisted.logger import LogLevel, Logger
+
+    from indimail_tw.logsetup import QuickLogger
+
+    seen = []
+    quick = QuickLogger(namespace="ns", observer=seen.append)
+    plain = Logger(namespace="ns", observer=seen.append)
+    quick.info("new msg {id}", id="1")
+    plain.info("new msg {id}", id="1")
+    a, b = seen
+    assert set(a) == set(b)
+    for key in ("log_level", "log_namespace", "log_format", "log_source", "id"):
+        assert a[key] == b[key]
+    assert a["log_logger"] is quick and a["log_level"] is LogLevel.info
+    seen.clear()
+    quick.emit("not a level", "x")                     # reported as Logger does
+    assert len(seen) == 1 and seen[0]["log_level"] is LogLevel.critical
+    assert "invalid log level" in seen[0]["log_format"]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from indimail_tw.logsetup import QuickLogger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -21,7 +21,7 @@ from indimail_tw.queue.states import RecipientState
 from indimail_tw.queue.store import Pending, Prepared, QueueStore, Recovered
 from indimail_tw.queue.writer import SPILL_LIMIT, MessageWriter
 
-log = Logger(namespace="indimail_tw.queue")
+log = QuickLogger(namespace="indimail_tw.queue")
 
 
 def _default_bounce_factory(message: Any, failures: Any, settings: Any,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from indimail_tw.logsetup import QuickLogger
 from twisted.python.failure import Failure
 
 from indimail_tw.delivery.result import PERMANENT, DeliveryResult
@@ -48,7 +48,7 @@ from indimail_tw.queue.states import (
     next_retry,
 )
 
-log = Logger(namespace="indimail_tw.queue")
+log = QuickLogger(namespace="indimail_tw.queue")
 
 BOUNCE_RETRY = 60.0          # seconds before retrying a bounce that could not be made
 #: Seconds after which a recipient parked by a busy agent is tried again even if the

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from indimail_tw.logsetup import QuickLogger
 from twisted.python.failure import Failure
 
 from indimail_tw.auth import sasl
@@ -57,7 +57,7 @@ from indimail_tw.smtp.syntax import (
     SyntaxProblem, decode_xtext, parse_mail_or_rcpt, split_command,
 )
 
-log = Logger()
+log = QuickLogger()
 
 
 #: Received-line ids only need to be unique enough to find a message in the logs, not
