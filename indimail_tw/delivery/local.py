@@ -178,10 +178,21 @@ class LocalDeliveryAgent:
                         handler: str | None = None, dtline_text: str | None = None,
                         rpline_text: str | None = None) -> defer.Deferred:
         """:meth:`deliver` with vdelivermail's overrides: the catch-all ``handler``
-        named on its command line, and qmail-local's DTLINE/RPLINE."""
+        named on its command line, and qmail-local's DTLINE/RPLINE.
+
+        The lookup job runs first; when it has delivered into the user's Maildir
+        with nothing left to do (the usual case) its result is the answer, else
+        :meth:`_route` goes on with what it found."""
         dtline_text, rpline_text = header_text(dtline_text), header_text(rpline_text)
-        d = defer.Deferred.fromCoroutine(
-            self._deliver(message, recipient, handler, dtline_text, rpline_text))
+        opts = LocalOptions.from_environ(self.environ)
+
+        def looked(found: tuple[Job, str, _Facts]) -> Any:
+            job, dt_address, facts = found
+            delivered = facts.delivered
+            if delivered is not None and delivered.mark_usage is None:
+                return self._final(delivered.result, opts)
+            d = defer.Deferred.fromCoroutine(self._route(job, facts, handler, dt_address))
+            return d.addCallback(self._final, opts)
 
         def unexpected(failure: Any) -> DeliveryResult:
             log.failure("local delivery to {rcpt} failed unexpectedly", failure,
@@ -189,19 +200,20 @@ class LocalDeliveryAgent:
             return DeliveryResult.temporary("Temporary local delivery failure. (#4.3.0)",
                                             "4.3.0")
 
-        return d.addErrback(unexpected)
+        d = defer.maybeDeferred(self._start, message, recipient, dtline_text, rpline_text,
+                                opts)
+        return d.addCallback(looked).addErrback(unexpected)
 
-    async def _deliver(self, message: Any, recipient: Recipient, handler: str | None,
-                       dtline_text: str | None, rpline_text: str | None) -> DeliveryResult:
-        opts = LocalOptions.from_environ(self.environ)
-        result = await self._route(message, recipient, handler, dtline_text, rpline_text, opts)
+    @staticmethod
+    def _final(result: DeliveryResult, opts: LocalOptions) -> DeliveryResult:
         if result.is_permanent and opts.discard_bounce:
             return DeliveryResult.ok(f"discarded (DISCARD_BOUNCE): {result.text}")
         return result
 
-    async def _route(self, message: Any, recipient: Recipient, handler: str | None,
-                     dtline_text: str | None, rpline_text: str | None,
-                     opts: LocalOptions) -> DeliveryResult:
+    def _start(self, message: Any, recipient: Recipient, dtline_text: str | None,
+               rpline_text: str | None, opts: LocalOptions) -> defer.Deferred:
+        """The recipient's job and the lookup job (:meth:`_look`) for it:
+        Deferred[(job, the Delivered-To address, the facts found)]."""
         settings = self._settings()
         local, domain = split_address(recipient.address,
                                       getattr(settings, "envnoathost", "") or "")
@@ -213,7 +225,13 @@ class LocalDeliveryAgent:
         rp = rpline_text.encode("utf-8", "surrogateescape") if rpline_text else rpline(sender)
         job = Job(message, recipient, local, domain, sender, dt, rp, _NO_SCAN, opts,
                   qmail_local=dt_address.rpartition("@")[0])
-        facts = await self._job(self._look, job, dt_address, settings)
+        d = self._job(self._look, job, dt_address, settings)
+        return d.addCallback(lambda facts: (job, dt_address, facts))
+
+    async def _route(self, job: Job, facts: _Facts, handler: str | None,
+                     dt_address: str) -> DeliveryResult:
+        """Everything after the lookup job, in vdelivermail's order (module docstring)."""
+        recipient, sender, domain = job.recipient, job.sender, job.domain
         pre = facts.pre
         if pre.size == 0:
             return DeliveryResult.ok("discarding 0 size message")
@@ -237,7 +255,7 @@ class LocalDeliveryAgent:
             return DeliveryResult.permanent(f"No such domain {domain}. indimail (#5.1.2)",
                                             "5.1.2")
         catchall = CatchAll("vdelivermail", handler) if handler else info.catchall
-        if user is not None and (user.active or opts.allow_inactive):
+        if user is not None and (user.active or job.opts.allow_inactive):
             return await self._deliver_user(job, user, facts)
         if user is not None:
             return await self._catch_all(job, catchall, inactive=True)
