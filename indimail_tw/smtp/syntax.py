@@ -101,7 +101,7 @@ NULL_PATH = Path("", "")
 
 
 def _is_utf8_domain(domain: str) -> bool:
-    return any(ord(c) > 127 for c in domain)
+    return not domain.isascii()
 
 
 def check_domain(domain: str) -> str:
@@ -191,6 +191,11 @@ def parse_path(text: str, utf8: bool = False, allow_null: bool = False,
 
 def _closing_bracket(text: str) -> int:
     """Index of the ``>`` closing the path, skipping quoted strings."""
+    if '"' not in text:                     # the usual case: nothing is quoted
+        end = text.find(">", 1)
+        if end < 0:
+            raise ValueError("missing '>'")
+        return end
     quoted = escaped = False
     for i, ch in enumerate(text[1:], 1):
         if escaped:
@@ -206,6 +211,8 @@ def _closing_bracket(text: str) -> int:
 
 def _split_at(mailbox: str) -> int:
     """Index of the ``@`` separating local part and domain (outside quotes), or -1."""
+    if '"' not in mailbox:
+        return mailbox.rfind("@")
     quoted = escaped = False
     last = -1
     for i, ch in enumerate(mailbox):
