@@ -5,7 +5,8 @@
 # Needs root for Postfix (apt-get install postfix); run from the repository root:
 #   bench/run_smtp_bench.sh            (defaults: 20 sessions, 5000 messages, 2048 bytes)
 #   OUR_ARGS="--workers 2" bench/run_smtp_bench.sh     (options for 'twistd indimail')
-#   SETTLE=0 skips the wait after removing the previous run's data (see below)
+#   SETTLE=0 skips the wait after removing the previous run's data, ROUND_SETTLE=0 the
+#   wait before each load (see below)
 set -euo pipefail
 SESSIONS=${SESSIONS:-20}; MESSAGES=${MESSAGES:-5000}; SIZE=${SIZE:-2048}; ROUNDS=${ROUNDS:-1}
 OUR_PORT=${OUR_PORT:-2525}; PF_PORT=${PF_PORT:-2526}
@@ -66,8 +67,15 @@ run() {  # name port maildir-glob
     "$PY" -c 'import json, sys; r = json.loads(sys.argv[1]); r["server_cpu_ms_per_msg"] = round((float(sys.argv[3]) - float(sys.argv[2])) * 1000 / r["messages"], 3); print(json.dumps(r))' \
         "$result" "$before" "$after"
 }
+# Each load starts SETTLE seconds after the previous one (ROUND_SETTLE=0 to skip): a
+# server that unlinks a file per message (Postfix's queue files) leaves thousands of
+# recently freed inodes that the next run's file creations scan past (see above), so
+# without the pause whichever server ran second paid for the other's deletions.
+ROUND_SETTLE=${ROUND_SETTLE:-$SETTLE}
 for round in $(seq 1 "$ROUNDS"); do
+    [ "$round" = 1 ] || sleep "$ROUND_SETTLE"
     ours=$(run indimail_tw "$OUR_PORT" "$ROOT/mail/*/bench.test/user*/Maildir")
+    sleep "$ROUND_SETTLE"
     pf=$(run postfix "$PF_PORT" "$PFBASE/mail/bench.test/user*")
     echo "round $round indimail_tw: $ours"
     echo "round $round postfix:     $pf"
