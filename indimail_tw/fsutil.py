@@ -69,6 +69,44 @@ def rename(src: str, dst: str) -> None:
     os.rename(src, dst)
 
 
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``, FileExistsError if ``dst`` exists (renameat2 with
+    RENAME_NOREPLACE; where that is missing, a hard link and an unlink).  Durable
+    only after both directories are fsynced."""
+    global _renameat2
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                      _RENAME_NOREPLACE) == 0:
+            return
+        import ctypes
+
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), src, None, dst)   # EEXIST: FileExistsError
+        _renameat2 = None                 # the file system or kernel cannot: fall back
+    os.link(src, dst)
+    _unlink_quietly(src)
+
+
+def _load_renameat2() -> Any:
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

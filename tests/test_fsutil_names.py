@@ -79,3 +79,35 @@ def test_fsync_dirs_at_once_raises_the_first_error(tmp_path):
         pass
     else:
         raise AssertionError("a missing directory must raise")
+
+
+def test_rename_noreplace_never_replaces(tmp_path):
+    import pytest
+
+    from indimail_tw import fsutil
+
+    src, dst = tmp_path / "a", tmp_path / "b"
+    src.write_bytes(b"a")
+    dst.write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        fsutil.rename_noreplace(str(src), str(dst))
+    assert src.read_bytes() == b"a" and dst.read_bytes() == b"b"
+    dst.unlink()
+    fsutil.rename_noreplace(str(src), str(dst))
+    assert not src.exists() and dst.read_bytes() == b"a"
+
+
+def test_rename_noreplace_without_renameat2_links_and_unlinks(tmp_path, monkeypatch):
+    import pytest
+
+    from indimail_tw import fsutil
+
+    monkeypatch.setattr(fsutil, "_renameat2", None)
+    src, dst = tmp_path / "a", tmp_path / "b"
+    src.write_bytes(b"a")
+    dst.write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        fsutil.rename_noreplace(str(src), str(dst))
+    dst.unlink()
+    fsutil.rename_noreplace(str(src), str(dst))
+    assert not src.exists() and dst.read_bytes() == b"a"

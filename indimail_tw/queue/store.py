@@ -36,7 +36,6 @@ holds is never read: recovery keeps what it finds there as the pool.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import itertools
 import os
@@ -619,7 +618,7 @@ class Spares:
             if name is None:
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0
             try:
-                _rename_noreplace(os.path.join(self.path, name), path)
+                fsutil.rename_noreplace(os.path.join(self.path, name), path)
             except FileNotFoundError:
                 continue                  # gone behind our back: take another
             except BaseException:
@@ -659,7 +658,7 @@ class Spares:
             _unlink(path)
             return
         try:
-            os.rename(path, os.path.join(self.path, name))
+            fsutil.rename(path, os.path.join(self.path, name))
         except FileNotFoundError:
             self._forget(name)
         except BaseException:
@@ -679,43 +678,6 @@ class Spares:
             self._sizes.pop(name, None)
             with contextlib.suppress(ValueError):
                 self._names.remove(name)
-
-
-def _load_renameat2() -> Any:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError, ImportError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                   ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_renameat2 = _load_renameat2()
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def _rename_noreplace(src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst``, FileExistsError if ``dst`` exists (renameat2 with
-    RENAME_NOREPLACE; where that is missing, a hard link and an unlink)."""
-    global _renameat2
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                      _RENAME_NOREPLACE) == 0:
-            return
-        import ctypes
-
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(err, os.strerror(err), src, None, dst)   # EEXIST: FileExistsError
-        _renameat2 = None                 # the file system or kernel cannot: fall back
-    os.link(src, dst)
-    _unlink(src)
 
 
 def _unlink(path: str) -> None:
