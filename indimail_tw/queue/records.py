@@ -40,9 +40,12 @@ class CorruptRecord(ValueError):
 # -- values -------------------------------------------------------------------------
 
 
+_KEEP_BYTES = bytes(sorted(_KEEP))
+
+
 def quote(text: str) -> str:
     raw = text.encode("utf-8", "surrogatepass")
-    if all(b in _KEEP for b in raw):
+    if not raw.translate(None, _KEEP_BYTES):        # nothing outside _KEEP (the usual case)
         return raw.decode("ascii")
     return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in raw)
 
