@@ -94,3 +94,18 @@ def test_values_round_trip(value):
     text = records.encode_value(value)
     assert " " not in text and "\n" not in text
     assert records.decode_value(text) == value
+
+
+def test_quote_keeps_printable_ascii_and_escapes_the_rest():
+    import random
+
+    from indimail_tw.queue.records import quote, unquote
+
+    rng = random.Random(7)
+    alphabet = "abcXYZ019@.-_%,= \t\r\n\x00\x7fé€\udc80"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        quoted = quote(text)
+        assert unquote(quoted) == text
+        assert all(0x21 <= ord(c) < 0x7F and c not in ",=" for c in quoted)
+        assert (quoted == text) == all(0x21 <= ord(c) < 0x7F and c not in "%,=" for c in text)
