@@ -32,7 +32,12 @@ def site(request):
 
 
 def rcpt(site, *addresses) -> list[str]:
-    conn = Conn(make_factory(site))
+    return rcpts_to(make_factory(site), *addresses)
+
+
+def rcpts_to(factory, *addresses) -> list[str]:
+    """The replies to MAIL and then RCPT for each address, on a new connection."""
+    conn = Conn(factory)
     ehlo(conn)
     conn.send("MAIL FROM:<s@remote.example>\r\n")
     conn.output()
@@ -167,31 +172,17 @@ class _Now:
 
 
 def _cached_site_checks(site, now, **kw):
-    from indimail_tw.policy import RecipientExists, default_checks
-
-    checks = default_checks(site.store, site.paths.domains, blocking=defer_maybe)
-    for i, check in enumerate(checks):
-        if isinstance(check, RecipientExists):
-            checks[i] = RecipientExists(site.store, site.paths.domains, defer_maybe,
-                                        now=now, **kw)
-            return checks, checks[i]
-    raise AssertionError("no recipient check")
-
-
-def defer_maybe(fn, *args):
     from twisted.internet import defer
 
-    return defer.maybeDeferred(fn, *args)
+    from indimail_tw.policy import RecipientExists, default_checks
 
-
-def _rcpts(factory, *addresses):
-    conn = Conn(factory)
-    ehlo(conn)
-    conn.send("MAIL FROM:<s@remote.example>\r\n")
-    conn.output()
-    for address in addresses:
-        conn.send(f"RCPT TO:<{address}>\r\n")
-    return conn.lines()
+    run = defer.maybeDeferred
+    checks = default_checks(site.store, site.paths.domains, blocking=run)
+    for i, check in enumerate(checks):
+        if isinstance(check, RecipientExists):
+            checks[i] = RecipientExists(site.store, site.paths.domains, run, now=now, **kw)
+            return checks, checks[i]
+    raise AssertionError("no recipient check")
 
 
 def test_outcomes_are_reused_for_cache_seconds_then_looked_up_again(site):
@@ -201,7 +192,7 @@ def test_outcomes_are_reused_for_cache_seconds_then_looked_up_again(site):
     checks, check = _cached_site_checks(site, now)
     factory = make_factory(site, checks=checks)
     site.store.calls.clear()
-    assert _rcpts(factory, "alice@example.com", "Alice@example.com",
+    assert rcpts_to(factory, "alice@example.com", "Alice@example.com",
                   "nobody@example.com", "nobody@example.com") == [
         OK, OK] + ["550 5.1.1 sorry, mailbox <nobody@example.com> is absent on this domain"] * 2
     looked_up = len(site.store.calls)
@@ -209,10 +200,10 @@ def test_outcomes_are_reused_for_cache_seconds_then_looked_up_again(site):
     site.store.users.pop(("alice", "example.com"))
     site.store.add_user("nobody@example.com")
     now.t += check.cache_seconds - 0.01
-    assert _rcpts(factory, "alice@example.com", "nobody@example.com")[0] == OK
+    assert rcpts_to(factory, "alice@example.com", "nobody@example.com")[0] == OK
     assert len(site.store.calls) == looked_up            # answered from the cache
     now.t += 0.02
-    assert _rcpts(factory, "alice@example.com", "nobody@example.com") == [
+    assert rcpts_to(factory, "alice@example.com", "nobody@example.com") == [
         "550 5.1.1 sorry, mailbox <alice@example.com> is absent on this domain", OK]
     assert len(site.store.calls) > looked_up
 
@@ -221,7 +212,7 @@ def test_cached_unknowns_still_count_against_max_rcpt_errcount(site):
     site.environ["MAX_RCPT_ERRCOUNT"] = "2"
     checks, _ = _cached_site_checks(site, _Now())
     factory = make_factory(site, checks=checks)
-    assert _rcpts(factory, "nobody@example.com")[0].startswith("550 5.1.1")
+    assert rcpts_to(factory, "nobody@example.com")[0].startswith("550 5.1.1")
     conn = Conn(factory)
     ehlo(conn)
     conn.send("MAIL FROM:<s@remote.example>\r\nRCPT TO:<nobody@example.com>\r\n"
@@ -233,19 +224,19 @@ def test_database_errors_are_not_remembered(site):
     checks, _ = _cached_site_checks(site, _Now())
     factory = make_factory(site, checks=checks)
     site.store.fail = StoreUnavailable("down")
-    assert _rcpts(factory, "alice@example.com")[0].startswith("451 4.3.2")
+    assert rcpts_to(factory, "alice@example.com")[0].startswith("451 4.3.2")
     site.store.fail = None
-    assert _rcpts(factory, "alice@example.com") == [OK]
+    assert rcpts_to(factory, "alice@example.com") == [OK]
 
 
 def test_cache_is_bounded_and_can_be_switched_off(site):
     now = _Now()
     checks, check = _cached_site_checks(site, now, cache_size=2)
     factory = make_factory(site, checks=checks)
-    _rcpts(factory, "a1@example.com", "a2@example.com", "a3@example.com")
+    rcpts_to(factory, "a1@example.com", "a2@example.com", "a3@example.com")
     assert list(check._seen) == ["a2@example.com", "a3@example.com"]
     check.forget()
     assert not check._seen
     checks, check = _cached_site_checks(site, now, cache_seconds=0)
-    _rcpts(make_factory(site, checks=checks), "alice@example.com")
+    rcpts_to(make_factory(site, checks=checks), "alice@example.com")
     assert not check._seen
