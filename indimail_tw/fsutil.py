@@ -106,7 +106,6 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
-
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

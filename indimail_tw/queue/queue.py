@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
-from indimail_tw.logsetup import QuickLogger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from indimail_tw.interfaces import IQueue
+from indimail_tw.logsetup import QuickLogger
 from indimail_tw.queue import records
 from indimail_tw.queue.batch import Batcher, Runner
 from indimail_tw.queue.envelope import Envelope

@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from indimail_tw.logsetup import QuickLogger
 from twisted.python.failure import Failure
 
 from indimail_tw.delivery.result import PERMANENT, DeliveryResult
+from indimail_tw.logsetup import QuickLogger
 from indimail_tw.queue.message import QueuedMessage
 from indimail_tw.queue.states import (
     BOUNCED,

@@ -588,26 +588,18 @@ class Spares:
             self._names, self._held, self._sizes = keep, set(), {}
         return dropped
 
-    def create(self, path: str, truncate: bool = True) -> int:
-        """A new file at ``path`` (FileExistsError if there is one), open for writing
-        at offset 0: a spare file moved there, or else a new file.
-
-        With ``truncate`` false a spare file keeps its old bytes and blocks: the
-        caller overwrites them and must ``ftruncate`` to its own size before the
-        fsync (see :meth:`reuse`).  Overwriting a block in place is cheaper than
-        freeing it on open and allocating it again on write (most messages fit
-        the blocks of the last one).
-        """
-        if truncate:
-            fd, _ = self._take(path, os.O_TRUNC)
-            return fd
-        return self.reuse(path)[0]
+    def create(self, path: str) -> int:
+        """A new, empty file at ``path`` (FileExistsError if there is one), open for
+        writing: a spare file moved there and truncated, or else a new file."""
+        return self._take(path, os.O_TRUNC)[0]
 
     def reuse(self, path: str) -> tuple[int, int]:
         """:meth:`create` without truncating: the fd and how many bytes the file holds
         (0 for a new file, -1 when not known).  The caller overwrites them and cuts
         the file to its own size when that is smaller, or the old size is not
-        known, before the fsync."""
+        known, before the fsync.  Overwriting blocks in place is cheaper than
+        freeing them on open and allocating them again on write (most messages
+        fit the blocks of the last one)."""
         return self._take(path, 0)
 
     def _take(self, path: str, flags: int) -> tuple[int, int]:

@@ -32,11 +32,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
-from indimail_tw.logsetup import QuickLogger
 from twisted.python.failure import Failure
 
 from indimail_tw.auth import sasl
 from indimail_tw.errors import MailError
+from indimail_tw.logsetup import QuickLogger
 from indimail_tw.policy.base import (
     MessageInfo, RcptRequest, Reject, SessionContext, SMTPPolicy, Transaction,
 )
