@@ -68,8 +68,10 @@ async def session(args, queue: asyncio.Queue, stats: dict) -> None:
             await reply(reader)
             sent_here = 0
         rcpt = f"user{random.randint(1, args.users)}@{args.domain}"
+        t0 = time.monotonic()
         writer.write(f"MAIL FROM:<bench@client.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         codes = [await reply(reader) for _ in range(3)]
+        t1 = time.monotonic()
         if codes != [250, 250, 354]:
             stats["errors"] += 1
             writer.write(b"RSET\r\n")
@@ -78,6 +80,8 @@ async def session(args, queue: asyncio.Queue, stats: dict) -> None:
         data = message(args.size, n, args.domain, rcpt)
         writer.write(data + b".\r\n")
         code = await reply(reader)
+        stats["envelope_ms"].append((t1 - t0) * 1000)
+        stats["data_ms"].append((time.monotonic() - t1) * 1000)
         if code == 250:
             stats["accepted"] += 1
             stats["last_accept"] = time.monotonic()
@@ -103,7 +107,7 @@ async def run(args) -> dict:
     queue: asyncio.Queue = asyncio.Queue()
     for n in range(args.messages):
         queue.put_nowait(n)
-    stats = {"accepted": 0, "errors": 0, "last_accept": 0.0}
+    stats = {"accepted": 0, "errors": 0, "last_accept": 0.0, "envelope_ms": [], "data_ms": []}
     before = count_files(args.maildirs) if args.maildirs else 0
     start = time.monotonic()
     await asyncio.gather(*(session(args, queue, stats) for _ in range(args.sessions)))
@@ -125,7 +129,14 @@ async def run(args) -> dict:
         "delivered": delivered,
         "deliver_seconds": round(delivered_s, 3) if delivered_s else None,
         "delivered_per_s": round(delivered / delivered_s, 1) if delivered_s else None,
+        # client-side medians: MAIL+RCPT+DATA (pipelined) until 354, and data until 250
+        "envelope_ms_p50": _median(stats["envelope_ms"]),
+        "data_ms_p50": _median(stats["data_ms"]),
     }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(sorted(values)[len(values) // 2], 2) if values else None
 
 
 def main() -> int:
