@@ -48,7 +48,8 @@ class MaildirDeliveryError(Exception):
 
 @dataclass(frozen=True)
 class Delivered:
-    path: str  # the file in new/
+    path: str  # the file in new/ (in shared_syncs, should the name be taken when the
+               # batch links its files, another unique name is used instead)
     size: int  # bytes written, header block included (the ,S= value)
 
 
@@ -118,7 +119,7 @@ class _Links:
             if error is not None:
                 raise error
             for u in unsynced:
-                if fsutil.link_unsynced(u.tmp, u.final):
+                if _link_unique(u):
                     self.tmp_paths.append(u.tmp)
                 self.directories[u.new_dir] = None
                 u.tmp = ""
@@ -136,6 +137,18 @@ class _Links:
                 os.close(u.fd)
             with suppress(OSError):
                 os.unlink(u.tmp)
+
+
+def _link_unique(u: _Unsynced) -> bool:
+    """:func:`fsutil.link_unsynced` under ``u.final``, or, if that name is taken (never
+    seen: the names are unique), under a new unique name (``u.final`` is updated)."""
+    for _ in range(_NAME_ATTEMPTS):
+        try:
+            return fsutil.link_unsynced(u.tmp, u.final)
+        except FileExistsError:
+            info = os.path.basename(u.final).partition(",")[2]      # S=...,W=...
+            u.final = os.path.join(u.new_dir, fsutil.unique_name() + "," + info)
+    raise MaildirDeliveryError("Unable to find a unique name in new/. (#4.3.0)")
 
 
 _batch = threading.local()
@@ -169,11 +182,11 @@ def shared_syncs() -> Iterator[None]:
 
 def _message_chunks(header: bytes, message_path: str,
                     data: bytes | None = None) -> Iterator[bytes]:
+    if data is not None:
+        yield header + data if header else data     # one write(2) for a small message
+        return
     if header:
         yield header
-    if data is not None:
-        yield data
-        return
     with open(message_path, "rb") as f:
         while chunk := f.read(CHUNK):
             yield chunk
@@ -226,8 +239,7 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
             final = os.path.join(new_dir, name)
             if links is not None:
                 # inside shared_syncs: the fsync and the link wait for the block's end
-                if os.path.lexists(final):
-                    continue
+                # (which picks another name in the unlikely case this one is taken)
                 links.unsynced.append(_Unsynced(fd, tmp, final, new_dir))
                 tmp, fd = "", -1
                 return Delivered(final, size)

@@ -310,3 +310,25 @@ def test_shared_syncs_an_error_inside_the_block_publishes_nothing(maildir, messa
         deliver(maildir, message, HEADER)
         raise RuntimeError("the job failed")
     assert listing(maildir, "new") == [] and listing(maildir, "tmp") == []
+
+
+def test_shared_syncs_a_taken_name_gets_another_unique_name(maildir, message):
+    """Inside shared_syncs the name in new/ is not looked up first: should it be taken
+    when the batch links its files, the message goes in under a new unique name."""
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    with shared_syncs():
+        first = deliver(maildir, message, HEADER)
+        taken = os.path.join(maildir, "new", os.path.basename(first.path))
+        with open(taken, "wb") as f:
+            f.write(b"someone else's message")
+        deliver(maildir, message, HEADER, data=MESSAGE)
+    names = listing(maildir, "new")
+    assert len(names) == 3 and listing(maildir, "tmp") == []
+    with open(taken, "rb") as f:
+        assert f.read() == b"someone else's message"            # untouched
+    others = [n for n in names if n != os.path.basename(taken)]
+    for name in others:
+        assert NAME.match(name)
+        with open(os.path.join(maildir, "new", name), "rb") as f:
+            assert f.read() == HEADER + MESSAGE                 # header and body, once
