@@ -158,6 +158,13 @@ def read_message_file(path: str) -> tuple[Envelope, int, int]:
     """The envelope of the format-2 message file at ``path``: (envelope, message
     size, file size).  CorruptRecord when the trailer or the record is damaged or
     the sizes do not add up; OSError (FileNotFoundError) if it cannot be read."""
+    envelope, size, _, total = read_message_record(path)
+    return envelope, size, total
+
+
+def read_message_record(path: str) -> tuple[Envelope, int, bytes, int]:
+    """:func:`read_message_file`, and the envelope record as stored: (envelope,
+    message size, record, file size)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         total = os.fstat(fd).st_size
@@ -175,7 +182,7 @@ def read_message_file(path: str) -> tuple[Envelope, int, int]:
     if size + length + records.TRAILER_SIZE != total:
         raise records.CorruptRecord(f"message file is {total} bytes, envelope says "
                                     f"{size} + {length} + {records.TRAILER_SIZE}")
-    return envelope, size, total
+    return envelope, size, record, total
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -211,6 +218,15 @@ class QueueStore:
 
     def mess_path(self, msg_id: str) -> str:
         return os.path.join(self.mess, msg_id)
+
+    def check_format(self, msg_id: str) -> int:
+        """1 if the committed message has its envelope in ``info/ID`` (format 1), else
+        2; remembered for its removal (for the tools, whose store has not run
+        recovery)."""
+        if os.path.lexists(os.path.join(self.info, msg_id)):
+            self._format1.add(msg_id)
+            return 1
+        return 2
 
     # -- ownership ------------------------------------------------------------------------
 

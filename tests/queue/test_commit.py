@@ -13,7 +13,7 @@ from indimail_tw.errors import MailError
 from indimail_tw.queue import Envelope
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.queue import records
-from indimail_tw.queue.message import read_data
+from indimail_tw.datafile import read_data
 from indimail_tw.queue.records import decode_envelope
 from indimail_tw.queue.store import read_message_file
 from tests.queue.helpers import ManualRunner, files, make_queue, result_of

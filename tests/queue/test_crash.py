@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 
-from indimail_tw.queue.message import read_data
+from indimail_tw.datafile import read_data
 from indimail_tw.queue.store import QueueStore
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_child.py")
