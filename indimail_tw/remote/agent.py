@@ -331,7 +331,7 @@ class RemoteDeliveryAgent:
                  size: int | None = None) -> _Prepared:
         """Blocking: everything read from disk before a delivery (runs in a thread).
         The message is the first ``size`` bytes of ``path``."""
-        info = scan_message(path, keep=INLINE_BODY, size=size)
+        info = scan_message(path, keep=INLINE_BODY, message_size=size)
         routes = more_routes(control.path, self.environ, addresses, sender)
         keys = []
         for address, route in zip(addresses, routes, strict=True):
