@@ -684,7 +684,7 @@ class Spares:
         """Take what ``spare/`` holds as the pool (at start); unlink what is over the
         limit, and every name whose file has another name too (a crash in the middle
         of the rename that moved it here: the other name, e.g. a committed
-        ``info/ID``, is what counts).  Returns the number of names unlinked."""
+        ``mess/ID``, is what counts).  Returns the number of names unlinked."""
         keep: list[str] = []
         dropped = 0
         for name in sorted(os.listdir(self.path)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from indimail_tw.config import Config, ControlDir
 from indimail_tw.queue import Envelope
 from indimail_tw.queue.store import read_message_file
