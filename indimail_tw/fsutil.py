@@ -113,6 +113,18 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def write_all_v(fd: int, buffers: Sequence[bytes]) -> None:
+    """Write the buffers one after the other (one writev(2) in the usual case)."""
+    views = [memoryview(b) for b in buffers if b]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -94,5 +94,7 @@ class IDeliveryAgent(Interface):
 class IQueuedMessage(Interface):
     id = Attribute("The queue id (str).")
     envelope = Attribute("The Envelope.")
-    path = Attribute("Path of the message file (read it in a thread, never on the reactor).")
+    path = Attribute("Path of the message file (read it in a thread, never on the reactor). "
+                     "The message is its first ``size`` bytes only (the queue's envelope "
+                     "follows): read it with indimail_tw.datafile.open_data(path, size).")
     size = Attribute("Size of the message in bytes.")

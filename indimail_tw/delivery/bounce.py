@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from indimail_tw.datafile import read_data
 from indimail_tw.delivery.message import read_header, rfc2822_date
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.queue.envelope import Envelope, Recipient
@@ -137,13 +138,14 @@ def _status_part(me: str, envelope: Envelope, selected: Sequence[Failure], now: 
     return "\n\n".join(groups) + "\n"
 
 
-def _original(path: str, headers_only: bool, limit: int) -> tuple[bytes, bool]:
-    """The copy to enclose (cut at the last line end within ``limit``) and whether cut."""
+def _original(path: str, headers_only: bool, limit: int, size: int | None = None
+              ) -> tuple[bytes, bool]:
+    """The copy to enclose (cut at the last line end within ``limit``) and whether cut.
+    The message is the first ``size`` bytes of ``path`` (None: the whole file)."""
     if headers_only:
-        data = read_header(path).header
+        data = read_header(path, size=size).header
     else:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1) if limit > 0 else f.read()
+        data = read_data(path, size, limit + 1 if limit > 0 else None)
     if limit <= 0 or len(data) <= limit:
         return data, False
     cut = data.rfind(b"\n", 0, limit)
@@ -182,7 +184,8 @@ def make_bounce(message: Any, failures: Sequence[Failure], settings: Any, *,
         subject = _setting(settings, "bouncesubject", "failure notice")
     headers_only = (envelope.ret or "").upper() == "HDRS"
     limit = int(_setting(settings, "bouncemaxbytes", 50000) or 0)
-    original, cut = _original(message.path, headers_only, limit)
+    original, cut = _original(message.path, headers_only, limit,
+                              getattr(message, "size", None))
     if headers_only:
         note = "--- Enclosed are the original headers of the message."
     else:

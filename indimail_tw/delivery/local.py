@@ -52,7 +52,9 @@ from indimail_tw.delivery.mbox import deliver_mbox
 from indimail_tw.delivery.message import (
     HeaderScan, PrefixedReader, dtline, forward_loops, is_looping, rpline, ufline,
 )
-from indimail_tw.delivery.program import qmail_environment, run_program
+from indimail_tw.delivery.program import (
+    ProgramOutcome, message_stdin, qmail_environment, run_program,
+)
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.delivery.steps import (
     Job, LocalOptions, Precheck, clear_bounce_mail_txn, header_text, mark_over_quota_txn,
@@ -274,7 +276,7 @@ class LocalDeliveryAgent:
         :meth:`_look_user`.  Fills in ``job.scan``, ``job.real_domain`` and
         ``job.domain_dir``."""
         pre = precheck(job.message.path, job.sender, settings,
-                       getattr(job.message, "data", None))
+                       getattr(job.message, "data", None), job.message.size)
         facts = _Facts(pre)
         job.scan = pre.scan
         if pre.size == 0 or pre.blackholed or is_looping(pre.scan, dt_address,
@@ -464,11 +466,13 @@ class LocalDeliveryAgent:
         if ins.kind == dq.MAILDIR:
             outcome = await self._thread(
                 deliver_to_maildir, ins.target, job.message.path, job.header, quota=AUTO,
-                label=ins.line, policy=job.opts.quota, home=home, folder=job.opts.maildirfolder)
+                label=ins.line, policy=job.opts.quota, home=home, folder=job.opts.maildirfolder,
+                message_size=job.message.size)
             return outcome.result
         header = ufline(job.sender) + job.header
         try:
-            await self._thread(deliver_mbox, ins.target, job.message.path, header)
+            await self._thread(deliver_mbox, ins.target, job.message.path, header,
+                               size=job.message.size)
         except TimeoutError:
             return DeliveryResult.temporary(
                 "File has been locked for 30 seconds straight. (#4.3.0)", "4.3.0")
@@ -487,7 +491,16 @@ class LocalDeliveryAgent:
             rpline=job.rpline, messid=str(getattr(job.message, "id", "")),
             qqeh=job.message.envelope.extra.get("qqeh", "") if job.message.envelope else "",
             base=self.program_env)
-        return await run_program(self.reactor, command, job.message.path, env, cwd,
+        message = job.message
+        try:
+            # a copy of exactly the message, seekable, made in a thread: never the
+            # queue file itself (it goes on with the envelope)
+            stdin = await self._thread(message_stdin, message.path, message.size,
+                                       getattr(message, "data", None))
+        except OSError as e:
+            return ProgramOutcome(DeliveryResult.temporary(
+                f"Unable to read message: {e.strerror}. (#4.3.0)", "4.3.0"))
+        return await run_program(self.reactor, command, stdin, env, cwd,
                                  timeout=job.opts.program_timeout,
                                  clock=self._clock or self.reactor)
 
@@ -508,7 +521,8 @@ class LocalDeliveryAgent:
             smtputf8=original.smtputf8 if original else False, protocol="LOCAL")
         try:
             reader = await self._thread(
-                lambda: io.BufferedReader(PrefixedReader(job.dtline, job.message.path)))
+                lambda: io.BufferedReader(PrefixedReader(job.dtline, job.message.path,
+                                                         job.message.size)))
         except OSError as e:
             return DeliveryResult.temporary(f"Unable to read message: {e.strerror}. (#4.3.0)",
                                             "4.3.0")

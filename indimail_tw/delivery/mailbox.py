@@ -87,8 +87,10 @@ def deliver_to_maildir(maildir: str, message_path: str, header: bytes, *,
                        message_data: bytes | None = None) -> MailboxOutcome:
     """Check the quota of ``maildir`` and deliver into it (or its ``folder``).
 
-    ``message_size`` is the size of the message file, when the caller knows it;
-    ``message_data`` its whole content, when the caller has read it already.
+    ``message_size`` is the size of the message, when the caller knows it: the
+    message is then the first ``message_size`` bytes of the file (a queue file
+    goes on with its envelope); ``message_data`` the whole message, when the
+    caller has read it already.
     """
     root = maildir.rstrip("/") or "/"
     key = f"{root}\0{folder or ''}"
@@ -119,13 +121,13 @@ def deliver_to_maildir(maildir: str, message_path: str, header: bytes, *,
                 if already_over and usage is not None:
                     mark = usage.bytes
         try:
-            delivered = deliver(target, message_path, header, message_data)
+            delivered = deliver(target, message_path, header, message_data, message_size)
         except (MaildirDeliveryError, OSError):
             _complete.discard(key)
             if not known:
                 raise
             target = prepare(root, folder)          # as IndiMail does every time
-            delivered = deliver(target, message_path, header, message_data)
+            delivered = deliver(target, message_path, header, message_data, message_size)
         if not known:
             if len(_complete) >= _COMPLETE_MAX:
                 _complete.clear()

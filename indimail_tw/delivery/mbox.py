@@ -12,15 +12,18 @@ import re
 from collections.abc import Iterator
 
 from indimail_tw import fsutil
+from indimail_tw.datafile import open_data
 
 _FROM = re.compile(rb"^>*From ")
 CHUNK = 65536
 
 
-def mbox_chunks(message_path: str, header: bytes) -> Iterator[bytes]:
-    """``header`` (From_ line first), the message with From-quoting, a final blank line."""
+def mbox_chunks(message_path: str, header: bytes, size: int | None = None
+                ) -> Iterator[bytes]:
+    """``header`` (From_ line first), the message (the first ``size`` bytes of the
+    file; None: all of it) with From-quoting, a final blank line."""
     yield header
-    with open(message_path, "rb") as f:
+    with open_data(message_path, size) as f:
         pending = b""
         while data := f.read(CHUNK):
             lines = (pending + data).split(b"\n")
@@ -37,6 +40,6 @@ def _quote(line: bytes) -> bytes:
 
 
 def deliver_mbox(path: str, message_path: str, header: bytes,
-                 lock_timeout: float = 30.0) -> int:
+                 lock_timeout: float = 30.0, size: int | None = None) -> int:
     """Append the message to the mbox at ``path``; returns the bytes written."""
-    return fsutil.append_locked(path, mbox_chunks(message_path, header), lock_timeout)
+    return fsutil.append_locked(path, mbox_chunks(message_path, header, size), lock_timeout)

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from indimail_tw.datafile import open_data
+
 #: Stop scanning the header block after this many bytes (a hostile message
 #: cannot make loop detection read the whole file).
 MAX_HEADER_SCAN = 1024 * 1024
@@ -29,29 +31,35 @@ class HeaderScan:
     delivered_to: tuple[str, ...]  # values, stripped, lower-cased
 
 
-def read_header(path: str, limit: int = MAX_HEADER_SCAN) -> HeaderScan:
-    """Read the header block of the message file at ``path``."""
-    return read_message_header(path, limit)[1]
+def read_header(path: str, limit: int = MAX_HEADER_SCAN, size: int | None = None
+                ) -> HeaderScan:
+    """Read the header block of the message file at ``path`` (the message is its
+    first ``size`` bytes; None: the whole file)."""
+    return read_message_header(path, limit, size)[1]
 
 
-def read_message_header(path: str, limit: int = MAX_HEADER_SCAN) -> tuple[int, HeaderScan]:
-    """The size of the message file at ``path`` and its header block (one open;
+def read_message_header(path: str, limit: int = MAX_HEADER_SCAN, size: int | None = None
+                        ) -> tuple[int, HeaderScan]:
+    """The size of the message at ``path`` and its header block (one open;
     reading stops at the end of the header)."""
-    size, scan, _ = read_message_start(path, limit)
+    size, scan, _ = read_message_start(path, limit, size)
     return size, scan
 
 
-def read_message_start(path: str, limit: int = MAX_HEADER_SCAN
+def read_message_start(path: str, limit: int = MAX_HEADER_SCAN, size: int | None = None
                        ) -> tuple[int, HeaderScan, bytes | None]:
-    """:func:`read_message_header`, and the whole content of the file when the reads
-    up to the end of the header took all of it (small messages: one read), else None,
-    so that a delivery need not open and read the file again."""
+    """:func:`read_message_header`, and the whole message when the reads up to the
+    end of the header took all of it (small messages: one read), else None, so
+    that a delivery need not open and read the file again.  The message is the
+    first ``size`` bytes of the file (a queue file goes on with its envelope);
+    None: the whole file."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
+        if size is None:
+            size = os.fstat(fd).st_size
         data = b""
-        while len(data) < limit:
-            chunk = os.read(fd, min(_READ_CHUNK, limit - len(data)))
+        while len(data) < min(limit, size):
+            chunk = os.read(fd, min(_READ_CHUNK, limit - len(data), size - len(data)))
             if not chunk:
                 break
             data += chunk
@@ -133,18 +141,19 @@ def rfc2822_date(when: float | None = None) -> str:
 
 
 class PrefixedReader(io.RawIOBase):
-    """A binary file object reading ``prefix`` and then the file at ``path``.
+    """A binary file object reading ``prefix`` and then the message at ``path`` (its
+    first ``size`` bytes; None: the whole file).
 
     Used to hand a forwarded copy (with our Delivered-To line first) to the
     queue without loading the message into memory.  Opening happens at
     construction (call it in a thread); the queue reads it in its own threads.
     """
 
-    def __init__(self, prefix: bytes, path: str) -> None:
+    def __init__(self, prefix: bytes, path: str, size: int | None = None) -> None:
         super().__init__()
         self._prefix = memoryview(prefix)
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self.size = len(prefix) + os.fstat(self._file.fileno()).st_size
+        self._file = open_data(path, size)
+        self.size = len(prefix) + self._file.size
 
     def readable(self) -> bool:
         return True

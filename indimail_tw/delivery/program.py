@@ -1,7 +1,9 @@
 """Program deliveries: ``sh -c command`` with the message on stdin (qmail-command(8)).
 
-The child's stdin is the message file itself (seekable, as qmail promises),
-its working directory the home directory, its environment qmail-local's
+The child's stdin holds exactly the message and is seekable, as qmail promises
+(some programs rewind it): a copy in an anonymous file (:func:`message_stdin`,
+made in a thread), never the queue file itself, which goes on with the
+message's envelope.  Its working directory the home directory, its environment qmail-local's
 (SENDER, RECIPIENT, DTLINE, ...; see :func:`qmail_environment`).  Exit codes:
 0 success; 99 success and stop processing further lines; 100, 64, 65, 70,
 76, 77, 78 and 112 permanent; anything else, a crash or the timeout,
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +23,8 @@ from typing import Any
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
+from indimail_tw import fsutil
+from indimail_tw.datafile import open_data
 from indimail_tw.delivery.message import enhanced_from_text
 from indimail_tw.delivery.result import DeliveryResult
 
@@ -175,19 +180,61 @@ class _ProgramProtocol(protocol.ProcessProtocol):
                 self.transport.closeChildFD(fd)
 
 
-def run_program(reactor: Any, command: str, stdin_path: str, env: Mapping[str, str],
+#: Copying the message for a program's stdin, bytes at a time.
+_COPY_CHUNK = 1024 * 1024
+
+
+def message_stdin(path: str, size: int | None = None, data: bytes | None = None,
+                  tmpdir: str | None = None) -> int:
+    """A program's stdin: an open, seekable, anonymous file holding exactly the
+    message (``data``, or the first ``size`` bytes of ``path``; None: all of it),
+    positioned at 0.  A memfd where the system has one, else an unlinked file in
+    ``tmpdir`` (TMPDIR by default).  Blocking: call it in a thread; the caller
+    owns the fd (:func:`run_program` closes it)."""
+    fd = _anonymous_file(tmpdir)
+    try:
+        if data is not None:
+            fsutil.write_all(fd, data)
+        else:
+            with open_data(path, size) as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    fsutil.write_all(fd, chunk)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _anonymous_file(tmpdir: str | None) -> int:
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        try:
+            return memfd("indimail-message", os.MFD_CLOEXEC)
+        except OSError:
+            pass                      # e.g. blocked by a seccomp policy: a temp file
+    with tempfile.TemporaryFile(dir=tmpdir) as f:
+        return os.dup(f.fileno())     # unlinked already; the dup outlives the close
+
+
+def run_program(reactor: Any, command: str, stdin: str | int, env: Mapping[str, str],
                 cwd: str, *, timeout: float = DEFAULT_TIMEOUT, clock: Any = None,
                 max_report: int = MAX_REPORT) -> defer.Deferred:
-    """Deferred[ProgramOutcome] for ``sh -c command`` fed the file ``stdin_path``.
+    """Deferred[ProgramOutcome] for ``sh -c command`` fed ``stdin``: an open fd
+    (from :func:`message_stdin`; closed here) or the path of a file that holds
+    nothing but the message.
 
-    Opening the message file is the only blocking call here (one open(2)).
+    Opening a path is the only blocking call here (one open(2)).
     """
     done: defer.Deferred = defer.Deferred()
-    try:
-        fd = os.open(stdin_path, os.O_RDONLY)
-    except OSError as e:
-        return defer.succeed(ProgramOutcome(DeliveryResult.temporary(
-            f"Unable to read message: {e.strerror}. (#4.3.0)", "4.3.0")))
+    if isinstance(stdin, int):
+        fd = stdin
+    else:
+        try:
+            fd = os.open(stdin, os.O_RDONLY)
+        except OSError as e:
+            return defer.succeed(ProgramOutcome(DeliveryResult.temporary(
+                f"Unable to read message: {e.strerror}. (#4.3.0)", "4.3.0")))
     if not os.path.isdir(cwd):
         cwd = "/"
     proto = _ProgramProtocol(done, clock or reactor, timeout, max_report)

@@ -151,13 +151,15 @@ def qmail_address(settings: Any, local: str, domain: str) -> str:
     return rewritten or dtline_address(local, domain)
 
 
-def precheck(path: str, sender: str, settings: Any, data: bytes | None = None) -> Precheck:
+def precheck(path: str, sender: str, settings: Any, data: bytes | None = None,
+             size: int | None = None) -> Precheck:
     """The message's size and header (from ``data`` when the queue kept the bytes in
-    memory, else read from ``path``), and the settings' verdicts on the sender."""
+    memory, else read from the first ``size`` bytes of ``path``), and the settings'
+    verdicts on the sender."""
     if data is not None:
         size, scan = len(data), scan_header(data[:MAX_HEADER_SCAN])
     else:
-        size, scan, data = read_message_start(path)
+        size, scan, data = read_message_start(path, size=size)
     return Precheck(size, scan, _max_delivered_to(settings), _blackholed(settings, sender),
                     data)
 

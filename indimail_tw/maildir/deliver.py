@@ -29,6 +29,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from indimail_tw import fsutil
+from indimail_tw.datafile import open_data
 
 CHUNK = 65536
 _NAME_ATTEMPTS = 5
@@ -180,14 +181,16 @@ def shared_syncs() -> Iterator[None]:
     fsutil.finish_links(links.directories, links.tmp_paths)
 
 
-def _message_chunks(header: bytes, message_path: str,
-                    data: bytes | None = None) -> Iterator[bytes]:
+def _message_chunks(header: bytes, message_path: str, data: bytes | None = None,
+                    size: int | None = None) -> Iterator[bytes]:
+    """``header``, then the message: ``data``, or the first ``size`` bytes of the
+    file (None: all of it; a queue file goes on with its envelope)."""
     if data is not None:
         yield header + data if header else data     # one write(2) for a small message
         return
     if header:
         yield header
-    with open(message_path, "rb") as f:
+    with open_data(message_path, size) as f:
         while chunk := f.read(CHUNK):
             yield chunk
 
@@ -212,10 +215,12 @@ class _BareLF:
 
 
 def deliver(maildir: str, message_path: str, header: bytes = b"",
-            data: bytes | None = None) -> Delivered:
-    """Write ``header`` + the message file into ``maildir``; return where and how big.
+            data: bytes | None = None, size: int | None = None) -> Delivered:
+    """Write ``header`` + the message into ``maildir``; return where and how big.
 
-    ``data``, when given, is the whole content of the message file (already read).
+    The message is the first ``size`` bytes of the file at ``message_path``
+    (None: the whole file); ``data``, when given, is the whole message (already
+    read).
 
     Raises :class:`MaildirDeliveryError` (always temporary: a full disk, a
     disk quota, a missing or sticky directory are all worth a retry).
@@ -232,7 +237,7 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
     links = getattr(_batch, "links", None)
     tmp, fd = "", -1
     try:
-        tmp, fd, size, extra = _write_tmp(tmp_dir, header, message_path, data)
+        tmp, fd, size, extra = _write_tmp(tmp_dir, header, message_path, data, size)
         base = os.path.basename(tmp)
         for attempt in range(_NAME_ATTEMPTS):
             name = (base if attempt == 0 else fsutil.unique_name()) + f",S={size},W={extra}"
@@ -269,7 +274,8 @@ def deliver(maildir: str, message_path: str, header: bytes = b"",
 
 
 def _write_tmp(tmp_dir: str, header: bytes, message_path: str,
-               data: bytes | None) -> tuple[str, int, int, int]:
+               data: bytes | None, message_size: int | None = None
+               ) -> tuple[str, int, int, int]:
     """Create a uniquely named file in ``tmp/`` and write ``header`` + the message
     into it (not fsynced): (path, open fd, size, size with CRLF line ends)."""
     for _ in range(_NAME_ATTEMPTS):
@@ -283,7 +289,7 @@ def _write_tmp(tmp_dir: str, header: bytes, message_path: str,
         raise MaildirDeliveryError("Unable to find a unique name in tmp/. (#4.3.0)")
     try:
         crlf, size = _BareLF(), 0
-        for chunk in crlf.count(_message_chunks(header, message_path, data)):
+        for chunk in crlf.count(_message_chunks(header, message_path, data, message_size)):
             fsutil.write_all(fd, chunk)
             size += len(chunk)
     except BaseException:

@@ -13,26 +13,31 @@ a queue are described in :mod:`indimail_tw.queue.store`:
 #    state                on disk                      next
 ===  ===================  ===========================  ===============================
 S0   not in the queue     --                           writer created -> S1
-S1   being received       ``mess/ID`` (partial), and   commit: data fsynced, envelope
-                          at commit ``tmp/NAME``       fsynced -> S2; abort, error or
+S1   being received       ``tmp/NAME`` (partial)       commit: data, envelope record
+                                                       and trailer written, file
+                                                       fsynced -> S2; abort, error or
                                                        crash -> removed (recovery
-                                                       removes any leftovers)
-S2   prepared             ``mess/ID`` + ``tmp/NAME``,  batch: fsync ``mess/``, rename
-                          both fsynced                 ``tmp/NAME`` -> ``info/ID``, fsync
-                                                       ``info/`` -> S3 (the enqueue
-                                                       Deferred fires only now)
-S3   committed            ``info/ID`` + ``mess/ID``    deliveries; recipient states in
-                          [+ ``state/ID``]             ``state/ID`` (table in
-                                                       :mod:`.states`); all recipients
+                                                       empties ``tmp/``)
+S2   prepared             ``tmp/NAME``, fsynced        batch: rename ``tmp/NAME`` ->
+                                                       ``mess/ID``, fsync ``mess/`` ->
+                                                       S3 (the enqueue Deferred fires
+                                                       only now)
+S3   committed            ``mess/ID`` (message,        deliveries; recipient states in
+                          envelope, trailer)           ``state/ID`` (table in
+                          [+ ``state/ID``]             :mod:`.states`); all recipients
                                                        done or bounced -> S4
-S4   finishing            unlink ``info/ID``, fsync    unlink ``mess/ID``,
-                          ``info/`` (the next commit   ``state/ID`` -> S0
-                          batch's, or within a
-                          second)
----  damaged              unreadable ``info/ID``, or   moved to ``corrupt/`` by
-                          data missing/wrong size      recovery and logged, never
-                                                       deleted
+S4   finishing            ``mess/ID`` -> ``spare/``,   ``state/ID`` removed -> S0
+                          fsync ``mess/`` (the next
+                          commit batch's, or within
+                          a second)
+---  damaged              ``mess/ID`` whose trailer,   moved to ``corrupt/`` by
+                          envelope or sizes do not     recovery and logged, never
+                          check out                    deleted
 ===  ===================  ===========================  ===============================
+
+Old format-1 messages (``info/ID`` + ``mess/ID``, written by earlier versions)
+are still recovered, delivered and removed (``info/ID`` first, the data after
+the next fsync of ``info/``); see :mod:`indimail_tw.queue.store`.
 
 A crash in S1/S2 loses nothing acknowledged (nothing was); a crash in S3 or S4
 resumes from the files (at-least-once).  Several queues (``QUEUE_COUNT``) live

@@ -10,9 +10,13 @@ texts.  Text is UTF-8 with every byte outside ``!``..``~`` and the bytes ``%``,
 ``,`` and ``=`` written as ``%XX``, so a value never contains a space, a comma or
 a newline.
 
-An envelope file (``info/ID``) is a header line, records, and an end line
-``END <crc32 of everything before it>``; a reader rejects a file whose end line
-is missing or whose checksum does not match.  A state log (``state/ID``) is a
+An envelope record is a header line, records, and an end line
+``END <crc32 of everything before it>``; a reader rejects a record whose end line
+is missing or whose checksum does not match.  It is stored after the message
+bytes at the end of ``mess/ID`` (format 2), followed by a fixed-length trailer
+``ITWQ2 <record length, 8 hex digits>\n`` (:func:`encode_trailer`) so a reader
+finds it from the end; an old format-1 message has it in a file of its own
+(``info/ID``).  A state log (``state/ID``) is a
 sequence of ``S`` records, each ending with its own checksum field ``c=``; a line
 that is cut short or fails its checksum is ignored (the last one is what a crash
 in the middle of an append leaves).
@@ -21,6 +25,7 @@ in the middle of an append leaves).
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -121,7 +126,7 @@ def _crc(data: bytes) -> str:
 
 
 def encode_envelope(envelope: Envelope, size: int) -> bytes:
-    """The ``info/ID`` file of a message of ``size`` bytes."""
+    """The envelope record of a message of ``size`` bytes."""
     lines = [encode_line("M", {"size": size}),
              encode_line("E", {name: getattr(envelope, name) for name in _ENVELOPE_FIELDS})]
     lines += [encode_line("R", {name: getattr(r, name) for name in _RECIPIENT_FIELDS})
@@ -132,7 +137,7 @@ def encode_envelope(envelope: Envelope, size: int) -> bytes:
 
 
 def decode_envelope(data: bytes) -> tuple[Envelope, int]:
-    """Parse an ``info/ID`` file: (envelope, message size); CorruptRecord if damaged."""
+    """Parse an envelope record: (envelope, message size); CorruptRecord if damaged."""
     if not data.startswith(MAGIC):
         raise CorruptRecord("not a queue envelope file (bad header)")
     if not data.endswith(b"\n"):
@@ -162,6 +167,34 @@ def decode_envelope(data: bytes) -> tuple[Envelope, int]:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CorruptRecord(f"bad record: {e}") from e
     return envelope, size
+
+
+# -- the trailer of a format-2 message file -----------------------------------------
+
+TRAILER_MAGIC = b"ITWQ2 "
+#: Length of the trailer that ends a format-2 message file.
+TRAILER_SIZE = len(TRAILER_MAGIC) + 8 + 1
+
+
+def encode_trailer(record_size: int) -> bytes:
+    """The trailer after an envelope record of ``record_size`` bytes."""
+    if not 0 < record_size <= 0xFFFFFFFF:
+        raise ValueError(f"envelope record of {record_size} bytes")
+    return TRAILER_MAGIC + b"%08x\n" % record_size
+
+
+def decode_trailer(data: bytes) -> int:
+    """The envelope record's length from a trailer; CorruptRecord if it is not one."""
+    if (len(data) != TRAILER_SIZE or not data.startswith(TRAILER_MAGIC)
+            or not data.endswith(b"\n")):
+        raise CorruptRecord("no queue trailer at the end of the message file")
+    digits = data[len(TRAILER_MAGIC):-1]
+    if not re.fullmatch(rb"[0-9a-f]{8}", digits):
+        raise CorruptRecord("bad queue trailer")
+    size = int(digits, 16)
+    if size == 0:
+        raise CorruptRecord("bad queue trailer")
+    return size
 
 
 # -- state logs -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Recipient states, their transitions, and qmail's retry schedule.
 
-A message is committed once ``info/ID`` exists (see the package docstring for
+A message is committed once ``mess/ID`` exists (see the package docstring for
 the layout).  From then on every recipient has one of these states; the state
 log ``state/ID`` records each change as one self-checked line, and the last
 valid line for a recipient wins.  No line for a recipient means ``pending``
@@ -24,14 +24,15 @@ bounced       failure reported to the sender       never
 ============  ===================================  =====================================
 
 A message leaves the queue when no recipient is ``pending`` or ``failed``:
-``info/ID`` is removed first (the message is then gone), then ``mess/ID`` and
-``state/ID``.
+``mess/ID`` is removed first (the message is then gone), ``state/ID`` after the
+next fsync of ``mess/`` (an old format-1 message: ``info/ID`` first, then
+``mess/ID`` and ``state/ID``).
 
 Crash behaviour: state lines are written without fsync (as qmail marks ``D``),
 so a process crash loses nothing and an OS crash may forget the last changes;
 a forgotten ``done`` means one more delivery, a forgotten ``bounced`` one more
 bounce (at-least-once).  A ``pending`` recipient is never forgotten, because
-``info/ID`` is durable before the message is acknowledged.
+``mess/ID`` is durable before the message is acknowledged.
 """
 
 from __future__ import annotations

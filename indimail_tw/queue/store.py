@@ -3,39 +3,61 @@
 Layout of a queue (``queue/queueN``)::
 
     lock         flock()ed by the process that owns the queue
-    mess/ID      message data, created in place; uncommitted until info/ID exists
-    tmp/NAME     envelope being written; anything here at startup is garbage
-    info/ID      envelope file: its appearance (rename from tmp/) commits the message
+    mess/ID      a committed message: its existence commits it (format 2, below)
+    tmp/NAME     a message being written; anything here at startup is garbage
+    info/ID      the envelope of an old format-1 message (see below); no new ones
     state/ID     per-recipient state log (append-only)
     corrupt/     damaged committed files, moved aside by recovery (never deleted)
     spare/       files of finished messages kept to be reused (see below)
 
-Commit of a batch (one job, :meth:`QueueStore.commit`): each message's data and
-envelope are written and fsynced, then ``mess/`` is fsynced once, every
-``tmp/NAME`` renamed to ``info/ID`` and ``info/`` fsynced once.  A message whose
-data came from a file object is prepared by a job of its own first.
+A message is ONE file (format 2): the message bytes exactly as received (offset
+0 .. size-1), then its envelope record (:func:`records.encode_envelope`, with its
+own size field and checksummed end line), then a fixed-length trailer giving the
+record's length (:func:`records.encode_trailer`).  Readers of the message read
+only bytes [0, size) (:func:`indimail_tw.queue.message.open_data`); recovery
+reads the envelope from the end (:func:`read_message_file`).
+
+Writing: the file is created as ``tmp/NAME`` (a spare file, see below); data of
+a large message is spilled into it while it is received; at the end the
+envelope record and trailer are appended and a reused file that was longer is
+cut.  Commit of a batch (one job, :meth:`QueueStore.commit`): every message's
+file is written and all of them are fsynced at once (:func:`fsutil.fsync_all`),
+each ``tmp/NAME`` is renamed to ``mess/ID`` (a new id; never over an existing
+file), and ``mess/`` is fsynced once: only then are the batch's messages
+committed.  Per message that is one file, one fsync and one rename; per batch
+one directory fsync.  A message whose data came from a file object is written
+and fsynced by a job of its own first.
 
 Removal of a delivered message (``retire`` in :meth:`QueueStore.apply`):
-``info/ID`` is unlinked (the message is gone); its data and state log are
-unlinked only after the next fsync of ``info/``, which the next commit batch
-makes anyway (or a ``sync`` op the queue sends when none comes soon).  So
-``mess/ID`` never disappears while ``info/ID`` could come back after a crash,
-and removals cost no directory fsync of their own under load.
+``mess/ID`` is moved into ``spare/`` (the message is gone) but held: not reused
+before the next fsync of ``mess/`` has made the removal durable (a reused file
+could otherwise come back after a crash as ``mess/ID`` holding another
+message).  That fsync is the next commit batch's (or a ``sync`` op the queue
+sends when none comes soon); after it the state log goes too.  So removals
+cost no directory fsync of their own under load.
+
+Format 1 (written by older versions, still read, delivered and removed): the
+data in ``mess/ID`` (the whole file) and the envelope record in ``info/ID``,
+whose existence committed the message.  Recovery tells them apart by
+``info/ID``.  Such a message is removed ``info/ID`` first; its data and state
+log go only after the next fsync of ``info/`` (a ``sync`` op).
 
 Spare files: a removed message's files are not unlinked but renamed into
 ``spare/`` (up to :data:`SPARE_LIMIT` files of at most :data:`SPARE_MAX_SIZE`
-bytes), and new data, envelope and state files are spare files renamed into
-place and truncated.  Under steady load the queue then neither allocates nor
-frees inodes.  That matters: ext4 without a journal refuses to reuse an inode
-freed in the last ``dirty_expire_centisecs`` and scans past every such inode
-for each file it creates, so a queue that creates and unlinks files at a
-thousand a second spent most of its time in that scan.  What ``spare/``
-holds is never read: recovery keeps what it finds there as the pool.
+bytes), and new message and state files are spare files renamed into place
+(message files are overwritten in place and cut to size, state files
+truncated).  Under steady load the queue then neither allocates nor frees
+inodes.  That matters: ext4 without a journal refuses to reuse an inode freed
+in the last ``dirty_expire_centisecs`` and scans past every such inode for
+each file it creates, so a queue that creates and unlinks files at a thousand
+a second spent most of its time in that scan.  What ``spare/`` holds is never
+read: recovery keeps what it finds there as the pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import os
@@ -66,21 +88,23 @@ class QueueLocked(OSError):
 class DataFile:
     """A message being written: filled in by the thread that creates the file."""
 
-    id: str | None = None
+    name: str | None = None  # its name in tmp/ (chosen when the file is created)
     fd: int | None = None
-    size: int = 0
+    size: int = 0           # message bytes written so far
     old_size: int = -1      # bytes the (reused) file held before; -1: not known
 
 
 @dataclass
 class Prepared:
-    """A message whose data and envelope are durable, waiting for its commit."""
+    """A message written and fsynced as ``tmp/NAME``, waiting for its commit; once
+    committed (returned by :meth:`QueueStore.commit`) ``id`` is its queue id."""
 
-    id: str
+    id: str                 # "" until committed
     envelope: Envelope
-    size: int
-    tmp: str                # the envelope's name in tmp/
+    size: int               # message bytes (the file also holds the envelope)
+    tmp: str                # its name in tmp/ before the commit
     data: bytes | None = None   # the whole message, when it was received in memory
+    file_size: int = 0      # the whole file: message, envelope record and trailer
 
 
 @dataclass
@@ -89,10 +113,10 @@ class Pending:
     rest of its data and its envelope, then commits it."""
 
     data: DataFile
-    chunk: bytes            # the bytes not yet written to the data file
+    chunk: bytes            # the bytes not yet written to the file
     envelope: Envelope
     size: int
-    tmp: str                # the name its envelope gets in tmp/
+    tmp: str                # its name in tmp/, unless the data file has one already
 
 
 @dataclass
@@ -104,6 +128,8 @@ class StoredMessage:
     size: int
     states: list[RecipientState]
     bad_state_lines: int = 0
+    file_size: int = 0      # of mess/ID
+    format: int = 2         # 1: envelope in info/ID
 
 
 @dataclass
@@ -114,7 +140,7 @@ class Recovered:
     bad_state_lines: int = 0
 
 
-_random = random.Random()          # ids need uniqueness (O_EXCL checks it), not secrecy
+_random = random.Random()          # ids need uniqueness (checked on rename), not secrecy
 _names = itertools.count(1)
 
 
@@ -128,6 +154,47 @@ def new_tmp_name() -> str:
     return f"{os.getpid()}.{next(_names)}"
 
 
+def read_message_file(path: str) -> tuple[Envelope, int, int]:
+    """The envelope of the format-2 message file at ``path``: (envelope, message
+    size, file size).  CorruptRecord when the trailer or the record is damaged or
+    the sizes do not add up; OSError (FileNotFoundError) if it cannot be read."""
+    envelope, size, _, total = read_message_record(path)
+    return envelope, size, total
+
+
+def read_message_record(path: str) -> tuple[Envelope, int, bytes, int]:
+    """:func:`read_message_file`, and the envelope record as stored: (envelope,
+    message size, record, file size)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        total = os.fstat(fd).st_size
+        if total < records.TRAILER_SIZE:
+            raise records.CorruptRecord(f"message file of {total} bytes has no trailer")
+        length = records.decode_trailer(_pread(fd, records.TRAILER_SIZE,
+                                               total - records.TRAILER_SIZE))
+        if length > total - records.TRAILER_SIZE:
+            raise records.CorruptRecord(f"trailer names a record of {length} bytes "
+                                        f"in a file of {total}")
+        record = _pread(fd, length, total - records.TRAILER_SIZE - length)
+    finally:
+        os.close(fd)
+    envelope, size = records.decode_envelope(record)
+    if size + length + records.TRAILER_SIZE != total:
+        raise records.CorruptRecord(f"message file is {total} bytes, envelope says "
+                                    f"{size} + {length} + {records.TRAILER_SIZE}")
+    return envelope, size, record, total
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    data = os.pread(fd, n, offset)
+    while len(data) < n:
+        more = os.pread(fd, n - len(data), offset + len(data))
+        if not more:
+            raise records.CorruptRecord("message file shorter than it was")
+        data += more
+    return data
+
+
 class QueueStore:
     """The files of one queue."""
 
@@ -138,16 +205,28 @@ class QueueStore:
         self.spares = Spares(self.spare_dir)
         self._lock_fd: int | None = None
         self._removals: list[str] = []         # see apply(); commit and journal jobs
+        self._removals1: list[str] = []        # the same for format-1 messages
         self._removals_lock = threading.Lock()  # may run at once
         #: Messages committed by this process that have no state log yet: their
         #: removal need not try to unlink one (a set is thread-safe for add/discard).
         self._no_state: set[str] = set()
-        #: Sizes of the data and envelope files of messages committed by this process
-        #: (their removal then needs no stat, and the reuse of the files no ftruncate).
-        self._file_sizes: dict[str, tuple[int, int]] = {}
+        #: Sizes of the files of format-2 messages (their removal then needs no
+        #: stat, and the reuse of the file no ftruncate).
+        self._file_sizes: dict[str, int] = {}
+        #: Old-format messages (envelope in info/ID) found by recovery.
+        self._format1: set[str] = set()
 
     def mess_path(self, msg_id: str) -> str:
         return os.path.join(self.mess, msg_id)
+
+    def check_format(self, msg_id: str) -> int:
+        """1 if the committed message has its envelope in ``info/ID`` (format 1), else
+        2; remembered for its removal (for the tools, whose store has not run
+        recovery)."""
+        if os.path.lexists(os.path.join(self.info, msg_id)):
+            self._format1.add(msg_id)
+            return 1
+        return 2
 
     # -- ownership ------------------------------------------------------------------------
 
@@ -171,7 +250,7 @@ class QueueStore:
     # -- writing a message ----------------------------------------------------------------
 
     def append(self, data: DataFile, chunk: bytes) -> None:
-        """Append to the message's data file, creating it on first use."""
+        """Append to the message's file in tmp/, creating it on first use."""
         try:
             if data.fd is None:
                 self._create(data)
@@ -189,178 +268,157 @@ class QueueStore:
                 return
             self.append(data, chunk)
 
-    def finish(self, data: DataFile, chunk: bytes, source: Any = None) -> None:
-        """Append the last bytes (``chunk``, then all of ``source`` if given), fsync and
-        close the data file (created if nothing was spilled)."""
+    def _complete(self, data: DataFile, chunk: bytes, envelope: Envelope,
+                  source: Any = None) -> int:
+        """Write the last bytes (``chunk``, then all of ``source``), the envelope record
+        and the trailer, and cut off what a reused file held beyond them (not
+        fsynced; the file stays open).  Returns the file's size.  On an error the
+        file is removed and the error raised."""
         try:
-            self._fill(data, chunk, source)
-            fsutil.fsync_file(data.fd)
-            os.close(data.fd)
-            data.fd = None
+            if source is not None:
+                self.append(data, chunk)
+                chunk = b""
+                self.append_from(data, source)
+            if data.fd is None:
+                self._create(data)
+            size = data.size + len(chunk)
+            record = records.encode_envelope(envelope, size)
+            fsutil.write_all_v(data.fd, [chunk, record, records.encode_trailer(len(record))])
+            data.size = size
+            total = size + len(record) + records.TRAILER_SIZE
+            if data.old_size < 0 or data.old_size > total:
+                os.ftruncate(data.fd, total)
         except BaseException:
             self.discard(data)
             raise
+        return total
 
-    def _fill(self, data: DataFile, chunk: bytes, source: Any = None) -> None:
-        """Append the last bytes and cut off what a reused file held beyond them."""
-        self.append(data, chunk)
-        if source is not None:
-            self.append_from(data, source)
-        if data.old_size < 0 or data.old_size > data.size:
-            os.ftruncate(data.fd, data.size)
-
-    def write_envelope(self, name: str, envelope: Envelope, size: int) -> None:
-        """Write and fsync ``tmp/NAME``: the envelope of a message of ``size`` bytes."""
-        fd, _ = self._open_envelope(name, envelope, size)
+    def prepare(self, data: DataFile, chunk: bytes, envelope: Envelope, name: str | None = None,
+                source: Any = None) -> Prepared:
+        """Write the rest of a message (``chunk``, then all of ``source``) and its
+        envelope, fsync and close its file: a Prepared for :meth:`commit` (when the
+        size is known only once ``source`` has been copied)."""
+        if data.name is None:
+            data.name = name
+        total = self._complete(data, chunk, envelope, source)
         try:
+            fd, data.fd = data.fd, None
             try:
                 fsutil.fsync_file(fd)
             finally:
                 os.close(fd)
         except BaseException:
-            _unlink(os.path.join(self.tmp, name))
-            raise
-
-    def _open_envelope(self, name: str, envelope: Envelope, size: int) -> tuple[int, int]:
-        """Write ``tmp/NAME`` (not fsynced) and return its open fd and its size; on an
-        error the file is removed and the error raised."""
-        path = os.path.join(self.tmp, name)
-        fd, old_size = self.spares.reuse(path)
-        try:
-            record = records.encode_envelope(envelope, size)
-            fsutil.write_all(fd, record)
-            if old_size < 0 or old_size > len(record):
-                os.ftruncate(fd, len(record))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            _unlink(path)
-            raise
-        return fd, len(record)
-
-    def prepare(self, data: DataFile, chunk: bytes, envelope: Envelope, name: str,
-                source: Any = None) -> Prepared:
-        """:meth:`finish`, then :meth:`write_envelope`, one after the other (when the size
-        is known only once ``source`` has been copied)."""
-        self.finish(data, chunk, source)
-        try:
-            self.write_envelope(name, envelope, data.size)
-        except BaseException:
             self.discard(data)
             raise
-        return Prepared(data.id, envelope, data.size, name)
+        return Prepared("", envelope, data.size, data.name or "", None, total)
 
     def discard(self, data: DataFile, name: str | None = None) -> None:
         """Throw away an uncommitted message (safe to call more than once)."""
-        if data.id is not None:
-            self._file_sizes.pop(data.id, None)
         if data.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(data.fd)
             data.fd = None
-        for path in (os.path.join(self.tmp, name) if name else None,
-                     self.mess_path(data.id) if data.id else None):
-            if path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        name = data.name or name
+        if name:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.tmp, name))
 
     def _create(self, data: DataFile) -> None:
-        while True:
-            msg_id = new_id()
-            try:
-                data.fd, data.old_size = self.spares.reuse(self.mess_path(msg_id))
-            except FileExistsError:
-                continue
-            data.id = msg_id
-            return
+        if data.name is None:
+            data.name = new_tmp_name()
+        data.fd, data.old_size = self.spares.reuse(os.path.join(self.tmp, data.name))
 
     def commit(self, batch: Sequence[Prepared | Pending]) -> list[Prepared | BaseException]:
-        """Commit a batch: prepare the Pending ones (data and envelope written and
-        fsynced), then fsync mess/, rename tmp/ -> info/, fsync info/.
+        """Commit a batch: write the Pending ones, fsync all their files at once,
+        rename each ``tmp/NAME`` to ``mess/ID``, fsync ``mess/`` once.
 
-        Returns one entry per message: its Prepared when committed, else the error
-        (its files are removed again).
+        Returns one entry per message: its Prepared (with its id) when committed,
+        else the error (its file is removed again).
         """
         results: list[Prepared | BaseException] = self._prepare_all(batch)
-        ready = [p for p in results if isinstance(p, Prepared)]
-        if not ready:
-            return results
-        try:
-            fsutil.fsync_dir(self.mess)      # data entries durable before any marker
-        except OSError as e:
-            for p in ready:
-                self._forget(p)
-            return [e if isinstance(p, Prepared) else p for p in results]
+        moved: list[int] = []
         for i, p in enumerate(results):
             if not isinstance(p, Prepared):
                 continue
             try:
-                self._no_state.add(p.id)
-                fsutil.rename(os.path.join(self.tmp, p.tmp), os.path.join(self.info, p.id))
+                results[i] = self._move_in(p)
+                moved.append(i)
             except OSError as e:
-                self._no_state.discard(p.id)
+                _unlink(os.path.join(self.tmp, p.tmp))
                 results[i] = e
-                self._forget(p)
+        if not moved:
+            return results
         removals = self._take_removals()        # this fsync makes them durable too
         try:
-            fsutil.fsync_dir(self.info)
+            fsutil.fsync_dir(self.mess)
         except OSError as e:
             self._give_back(removals)
-            for i, p in enumerate(results):
-                if isinstance(p, Prepared):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.info, p.id))
-                    self._forget(p)
-                    results[i] = e
+            for i in moved:
+                p = results[i]
+                assert isinstance(p, Prepared)
+                _unlink(self.mess_path(p.id))
+                self._no_state.discard(p.id)
+                self._file_sizes.pop(p.id, None)
+                results[i] = e
             return results
         self._finish_removals(removals)
         return results
 
+    def _move_in(self, p: Prepared) -> Prepared:
+        """Rename ``tmp/NAME`` to ``mess/ID`` under a new id (durable only after the
+        fsync of ``mess/``)."""
+        source = os.path.join(self.tmp, p.tmp)
+        while True:
+            msg_id = new_id()
+            try:
+                fsutil.rename_noreplace(source, self.mess_path(msg_id))
+            except FileExistsError:
+                continue
+            break
+        self._no_state.add(msg_id)
+        self._file_sizes[msg_id] = p.file_size
+        return dataclasses.replace(p, id=msg_id)
+
     def _prepare_all(self, batch: Sequence[Prepared | Pending]) -> list[Prepared | BaseException]:
-        """Write and fsync every Pending message's data and envelope: all files are
-        written first and then fsynced together (:func:`fsutil.fsync_all`), so the disk sees the
+        """Write and fsync every Pending message's file: all files are written first
+        and then fsynced together (:func:`fsutil.fsync_all`), so the disk sees the
         batch's flushes at once instead of one after the other."""
         written: list[tuple[Pending, int] | Prepared | BaseException] = []
         for p in batch:
             written.append(self._write_pending(p) if isinstance(p, Pending) else p)
-        fds = [fd for w in written if isinstance(w, tuple) for fd in (w[0].data.fd, w[1])]
+        fds = [w[0].data.fd for w in written if isinstance(w, tuple)]
         errors = dict(zip(fds, fsutil.fsync_all(fds), strict=True))
         results: list[Prepared | BaseException] = []
         for w in written:
             if not isinstance(w, tuple):
                 results.append(w)
                 continue
-            p, env_fd = w
-            data_fd, p.data.fd = p.data.fd, None
-            error = errors[data_fd] or errors[env_fd]
-            for fd in (data_fd, env_fd):
-                try:
-                    os.close(fd)
-                except OSError as e:
-                    error = error or e
+            p, total = w
+            fd, p.data.fd = p.data.fd, None
+            error = errors[fd]
+            try:
+                os.close(fd)
+            except OSError as e:
+                error = error or e
             if error is not None:
-                self.discard(p.data, p.tmp)
+                self.discard(p.data)
                 results.append(error)
             else:
-                whole = p.chunk if len(p.chunk) == p.size else None
-                results.append(Prepared(p.data.id, p.envelope, p.size, p.tmp, whole))
+                whole = p.chunk if len(p.chunk) == p.data.size else None
+                results.append(Prepared("", p.envelope, p.data.size, p.data.name or "",
+                                        whole, total))
         return results
 
     def _write_pending(self, p: Pending) -> tuple[Pending, int] | BaseException:
-        """Write a Pending message's data and envelope, not fsynced: the message and
-        the envelope's open fd, or the error (then its files are gone)."""
+        """Write a Pending message's file, not fsynced: the message and the file's
+        size, or the error (then its file is gone)."""
+        if p.data.name is None:
+            p.data.name = p.tmp
         try:
-            self._fill(p.data, p.chunk)
-            fd, envelope_size = self._open_envelope(p.tmp, p.envelope, p.size)
+            total = self._complete(p.data, p.chunk, p.envelope)
         except Exception as e:  # noqa: BLE001 -- one message's error, not the batch's
-            self.discard(p.data)
             return e
-        self._file_sizes[p.data.id] = (p.data.size, envelope_size)
-        return p, fd
-
-    def _forget(self, p: Prepared) -> None:
-        """Remove an uncommitted message's files; errors here must not hide the cause."""
-        self.discard(DataFile(p.id), p.tmp)
+        return p, total
 
     # -- bookkeeping after commit -------------------------------------------------------------
 
@@ -369,11 +427,13 @@ class QueueStore:
         ``("retire", id, b"")`` and ``("sync", "", b"")`` ops.
 
         State lines are appended (no fsync: see :mod:`states`); lines of a message
-        removed in the same batch are skipped.  Both removals take out ``info/ID``
-        first (the message is gone) and its data and state log only after
-        ``info/`` has been fsynced.  ``remove`` does that fsync at the end of the
-        batch; ``retire`` (the server's, for delivered messages) leaves it to the
-        next commit batch, which fsyncs ``info/`` anyway, or to a ``sync`` op.
+        removed in the same batch are skipped.  Both removals take out ``mess/ID``
+        (into spare/, held) first: the message is gone; its state log goes only
+        after ``mess/`` has been fsynced.  ``remove`` does that fsync at the end of
+        the batch; ``retire`` (the server's, for delivered messages) leaves it to
+        the next commit batch, which fsyncs ``mess/`` anyway, or to a ``sync`` op.
+        A format-1 message loses ``info/ID`` first, its data and state log after
+        an fsync of ``info/`` (a ``sync`` or ``remove`` op).
         Returns one entry per op: None, or the error that op met.
         """
         gone = {msg_id for op, msg_id, _ in ops if op in ("remove", "retire")}
@@ -387,63 +447,89 @@ class QueueStore:
                 self._append_state(msg_id, b"".join(chunks))
             except OSError as e:
                 errors[msg_id] = e
+        old = []
         for msg_id in gone:
             try:
-                # held: reused only once the fsync of info/ has made this removal
-                # durable (:meth:`_finish_removals`); reused earlier, a crash could
-                # bring info/ID back holding another message's envelope
-                sizes = self._file_sizes.get(msg_id)
-                self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i", held=True,
-                                 size=sizes[1] if sizes is not None else None)
+                # held: reused only once the fsync of mess/ (info/) has made this
+                # removal durable (:meth:`_finish_removals`); reused earlier, a crash
+                # could bring mess/ID back holding another message
+                if msg_id in self._format1:
+                    self.spares.give(os.path.join(self.info, msg_id), msg_id + ".i",
+                                     held=True)
+                    old.append(msg_id)
+                else:
+                    self.spares.give(self.mess_path(msg_id), msg_id + ".m", sized=True,
+                                     held=True, size=self._file_sizes.get(msg_id))
             except OSError as e:
                 errors[msg_id] = e
         with self._removals_lock:
-            self._removals.extend(msg_id for msg_id in gone if msg_id not in errors)
+            self._removals.extend(msg_id for msg_id in gone
+                                  if msg_id not in errors and msg_id not in self._format1)
+            self._removals1.extend(msg_id for msg_id in old if msg_id not in errors)
         if any(op in ("sync", "remove") for op, _, _ in ops):
             self.sync_removals()
         return [errors.get(msg_id) for _, msg_id, _ in ops]
 
     def sync_removals(self) -> None:
-        """Make the removals so far durable (fsync ``info/``) and finish them."""
-        taken = self._take_removals()
-        if not taken:
-            return
+        """Make the removals so far durable (fsync ``mess/``, and ``info/`` for
+        format-1 messages) and finish them."""
+        taken, old = self._take_removals(), self._take_removals1()
         try:
-            fsutil.fsync_dir(self.info)
+            if taken:
+                fsutil.fsync_dir(self.mess)
+            if old:
+                fsutil.fsync_dir(self.info)
         except BaseException:
-            self._give_back(taken)
+            self._give_back(taken, old)
             raise
         self._finish_removals(taken)
+        self._finish_removals1(old)
 
     @property
     def pending_removals(self) -> int:
-        """Removed messages whose data and state log wait for an fsync of ``info/``."""
-        return len(self._removals)
+        """Removed messages whose removal waits for a directory fsync."""
+        return len(self._removals) + len(self._removals1)
 
     def _take_removals(self) -> list[str]:
         with self._removals_lock:
             taken, self._removals = self._removals, []
         return taken
 
-    def _give_back(self, taken: list[str]) -> None:
+    def _take_removals1(self) -> list[str]:
+        with self._removals_lock:
+            taken, self._removals1 = self._removals1, []
+        return taken
+
+    def _give_back(self, taken: list[str], old: Sequence[str] = ()) -> None:
         with self._removals_lock:
             self._removals[:0] = taken
+            self._removals1[:0] = old
 
     def _finish_removals(self, taken: list[str]) -> None:
-        """``info/ID`` of each is durably gone: its data and state log can go too."""
+        """``mess/ID`` of each is durably gone: its file may be reused, its state log
+        can go too."""
         no_state = self._no_state
         give = self.spares.give
+        release = self.spares.release
         sizes = self._file_sizes
         for msg_id in taken:
-            self.spares.release(msg_id + ".i")
-            known = sizes.pop(msg_id, None)
-            with contextlib.suppress(OSError):      # harmless leftovers for recovery
-                give(self.mess_path(msg_id), msg_id + ".m", sized=True,
-                     size=known[0] if known is not None else None)
-                if msg_id in no_state:
-                    no_state.discard(msg_id)
-                else:
+            release(msg_id + ".m")
+            sizes.pop(msg_id, None)
+            if msg_id in no_state:
+                no_state.discard(msg_id)
+            else:
+                with contextlib.suppress(OSError):      # harmless leftovers for recovery
                     give(os.path.join(self.state, msg_id), msg_id + ".s")
+
+    def _finish_removals1(self, old: list[str]) -> None:
+        """``info/ID`` of each format-1 message is durably gone: its data and state
+        log can go too."""
+        for msg_id in old:
+            self.spares.release(msg_id + ".i")
+            self._format1.discard(msg_id)
+            with contextlib.suppress(OSError):      # harmless leftovers for recovery
+                self.spares.give(self.mess_path(msg_id), msg_id + ".m", sized=True)
+                self.spares.give(os.path.join(self.state, msg_id), msg_id + ".s")
 
     def _append_state(self, msg_id: str, data: bytes) -> None:
         self._no_state.discard(msg_id)
@@ -461,8 +547,14 @@ class QueueStore:
     # -- reading --------------------------------------------------------------------------
 
     def read_envelope(self, msg_id: str) -> tuple[Envelope, int]:
-        with open(os.path.join(self.info, msg_id), "rb") as f:
-            return records.decode_envelope(f.read())
+        """A committed message's envelope and size (either format)."""
+        try:
+            with open(os.path.join(self.info, msg_id), "rb") as f:
+                return records.decode_envelope(f.read())
+        except FileNotFoundError:
+            pass
+        envelope, size, _ = read_message_file(self.mess_path(msg_id))
+        return envelope, size
 
     def read_states(self, msg_id: str, envelope: Envelope) -> tuple[list[RecipientState], int]:
         """Recipient states from the log (pending when absent); and rejected lines."""
@@ -485,32 +577,46 @@ class QueueStore:
         return states, bad
 
     def load(self, msg_id: str) -> StoredMessage:
-        """A committed message; CorruptRecord or OSError if it cannot be used."""
-        envelope, size = self.read_envelope(msg_id)
+        """A committed message (either format); CorruptRecord or OSError if it cannot
+        be used (FileNotFoundError: it is not in the queue)."""
         try:
-            actual = os.stat(self.mess_path(msg_id)).st_size
+            with open(os.path.join(self.info, msg_id), "rb") as f:
+                info = f.read()
         except FileNotFoundError:
-            raise records.CorruptRecord("message data file is missing") from None
-        if actual != size:
-            raise records.CorruptRecord(f"message data is {actual} bytes, envelope says {size}")
+            info = None
+        if info is None:
+            envelope, size, total = read_message_file(self.mess_path(msg_id))
+            fmt = 2
+        else:
+            envelope, size = records.decode_envelope(info)
+            try:
+                total = os.stat(self.mess_path(msg_id)).st_size
+            except FileNotFoundError:
+                raise records.CorruptRecord("message data file is missing") from None
+            if total != size:
+                raise records.CorruptRecord(
+                    f"message data is {total} bytes, envelope says {size}")
+            fmt = 1
         states, bad = self.read_states(msg_id, envelope)
-        return StoredMessage(msg_id, envelope, size, states, bad)
+        return StoredMessage(msg_id, envelope, size, states, bad, total, fmt)
 
     # -- recovery -----------------------------------------------------------------------------
 
     def recover(self) -> Recovered:
         """Clean up after a crash and return the committed messages.
 
-        Uncommitted files (tmp/ entries, data or state without info/) are removed;
-        committed messages that cannot be read are moved to corrupt/.
+        Uncommitted files (tmp/ entries, state logs without a message) are removed;
+        committed messages that cannot be read are moved to corrupt/, and so are
+        ``info/`` files of format 1 without their data.
         """
         report = Recovered()
         self.spares.load()
         for name in os.listdir(self.tmp):
             _unlink(os.path.join(self.tmp, name))
             report.removed += 1
+        infos = set(os.listdir(self.info))
         committed = set()
-        for msg_id in sorted(os.listdir(self.info)):
+        for msg_id in sorted(os.listdir(self.mess)):
             try:
                 message = self.load(msg_id)
             except (records.CorruptRecord, OSError) as e:
@@ -519,22 +625,30 @@ class QueueStore:
                 continue
             report.bad_state_lines += message.bad_state_lines
             committed.add(msg_id)
+            if message.format == 1:
+                self._format1.add(msg_id)
+            else:
+                self._file_sizes[msg_id] = message.file_size
             report.messages.append(message)
-        for directory in (self.mess, self.state):
-            for name in os.listdir(directory):
-                if name not in committed:
-                    _unlink(os.path.join(directory, name))
-                    report.removed += 1
+        for msg_id in sorted(infos - committed):
+            if os.path.lexists(os.path.join(self.info, msg_id)):   # not moved aside above
+                self.move_aside(msg_id)
+                report.corrupt.append((msg_id, "message data file is missing"))
+        for name in os.listdir(self.state):
+            if name not in committed:
+                _unlink(os.path.join(self.state, name))
+                report.removed += 1
         if report.removed:
-            fsutil.fsync_dirs([self.tmp, self.mess, self.state])
+            fsutil.fsync_dirs([self.tmp, self.state])
         return report
 
     def move_aside(self, msg_id: str) -> None:
-        """Move a message's files into corrupt/ as ID.info, ID.mess, ID.state.
+        """Move a message's files into corrupt/ as ID.mess, ID.state (and ID.info
+        for format 1).
 
-        The data and state go first and the envelope last: a crash in between
-        leaves ``info/ID`` without its data, which the next recovery moves
-        aside too, so nothing is ever left for recovery to delete.
+        The data and state go first and a format-1 envelope last: a crash in
+        between leaves ``info/ID`` without its data, which the next recovery
+        moves aside too, so nothing is ever left for recovery to delete.
         """
         for directory, suffix in ((self.mess, "mess"), (self.state, "state")):
             src = os.path.join(directory, msg_id)
@@ -544,7 +658,7 @@ class QueueStore:
         src = os.path.join(self.info, msg_id)
         if os.path.lexists(src):
             fsutil.rename(src, os.path.join(self.corrupt, f"{msg_id}.info"))
-        fsutil.fsync_dirs([self.corrupt, self.info])
+            fsutil.fsync_dirs([self.corrupt, self.info])
 
 
 class Spares:
@@ -570,7 +684,7 @@ class Spares:
         """Take what ``spare/`` holds as the pool (at start); unlink what is over the
         limit, and every name whose file has another name too (a crash in the middle
         of the rename that moved it here: the other name, e.g. a committed
-        ``info/ID``, is what counts).  Returns the number of names unlinked."""
+        ``mess/ID``, is what counts).  Returns the number of names unlinked."""
         keep: list[str] = []
         dropped = 0
         for name in sorted(os.listdir(self.path)):

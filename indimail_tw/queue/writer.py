@@ -1,11 +1,11 @@
 """Receiving one message into a queue: bounded memory, durable commit.
 
 ``write`` keeps up to ``spill_limit`` bytes in memory; beyond that the buffered
-bytes go to the message's data file in the background, in order (one disk
-operation at a time per message).  ``commit`` hands the message to the queue's
-group committer, whose job writes the rest, fsyncs the data, writes and fsyncs
-the envelope and commits the batch; its Deferred fires with the queue id once
-the batch is committed.  One job for everything a batch needs keeps the work
+bytes go to the message's file in ``tmp/`` in the background, in order (one
+disk operation at a time per message).  ``commit`` hands the message to the
+queue's group committer, whose job writes the rest and the envelope into the
+same file, fsyncs it and commits the batch; its Deferred fires with the queue
+id once the batch is committed.  One job for everything a batch needs keeps the work
 per message on the reactor (and hand-offs to threads) small.
 """
 

@@ -59,9 +59,10 @@ running server holds any of them ("queueN is in use by a running server; stop
 it first").  Searching alone is safe while the server runs.
 
 Yank layout: YANKDIR/queueN/ID.info (envelope), ID.mess (message), ID.state
-(recipient states, if any).  To restore one, with the server stopped: move
-ID.mess to queueN/mess/ID, ID.state to queueN/state/ID, and ID.info to
-queueN/info/ID last.""")
+(recipient states, if any); the same for messages of both queue formats.  To
+restore one, with the server stopped: move ID.mess to queueN/mess/ID, ID.state
+to queueN/state/ID, and ID.info to queueN/info/ID last (the queue reads it as
+an old-format message).""")
 
 
 def compile_pattern(args: Any) -> re.Pattern[bytes]:
@@ -77,10 +78,13 @@ def compile_pattern(args: Any) -> re.Pattern[bytes]:
         raise AdminError(f"bad regular expression {args.pattern!r}: {e}", USAGE) from None
 
 
-def matches(path: str, regex: re.Pattern[bytes], limit: int | None) -> bool:
-    """Whether the message data matches (mapped, not read into memory)."""
+def matches(path: str, regex: re.Pattern[bytes], limit: int | None,
+            size: int | None = None) -> bool:
+    """Whether the message matches (mapped, not read into memory): the first
+    ``size`` bytes of the file (None: all of it); never the envelope after them."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
         length = size if limit is None else min(size, limit)
         if length == 0:
             return regex.search(b"") is not None
@@ -129,7 +133,7 @@ class Remover:
                      "not searched")
                 continue
             try:
-                hit = matches(found.path, self.regex, self.limit)
+                hit = matches(found.path, self.regex, self.limit, found.size)
             except FileNotFoundError:
                 continue                               # delivered meanwhile
             except (OSError, ValueError) as e:

@@ -1,8 +1,9 @@
 """Reading a queue without owning it: safe while the server runs.
 
 Nothing here writes.  The server may commit, change and remove messages while
-we read; a message whose ``info/ID`` disappears while it is being read has
-left the queue and is skipped, never reported as an error.  A state log is read
+we read; a message whose ``mess/ID`` (or, for an old format-1 message, its
+``info/ID``) disappears while it is being read has left the queue and is
+skipped, never reported as an error.  A state log is read
 as recovery reads it, so a line the server is appending right now is ignored.
 """
 
@@ -28,7 +29,7 @@ class Message:
     envelope: Envelope
     size: int
     states: list[RecipientState]
-    path: str                      # the message data (mess/ID)
+    path: str                      # mess/ID: the message is its first ``size`` bytes
 
     @property
     def birth(self) -> float:
@@ -49,8 +50,8 @@ class Counts:
     """What ``qmail-qread -c`` prints for one queue, or for all of them."""
 
     messages: int = 0
-    uncommitted: int = 0           # data files without an envelope: being received
-    damaged: int = 0               # unreadable envelopes in info/ + messages in corrupt/
+    uncommitted: int = 0           # files in tmp/: being received
+    damaged: int = 0               # unreadable messages in mess/ + messages in corrupt/
     recipients: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys((PENDING, DONE, FAILED, BOUNCED), 0))
     pending_local: int = 0
@@ -84,25 +85,26 @@ class QueueReader:
         self.store = QueueStore(queue.path)   # never opened: no lock, no recovery
 
     def ids(self) -> list[str]:
-        """The committed ids (OSError if info/ cannot be listed)."""
-        return sorted(os.listdir(self.store.info))
+        """The committed ids (OSError if mess/ cannot be listed)."""
+        return sorted(os.listdir(self.store.mess))
 
     def read(self, msg_id: str) -> Message | Damaged | None:
         """One message; None when it left the queue meanwhile."""
         store = self.store
-        info = os.path.join(store.info, msg_id)
+        mess, info = store.mess_path(msg_id), os.path.join(store.info, msg_id)
+        old = os.path.lexists(info)                # format 1: info/ID goes first
         try:
             stored = store.load(msg_id)
         except FileNotFoundError:
             return None
         except (records.CorruptRecord, OSError) as e:
-            if not os.path.lexists(info):          # removed while we read it
-                return None
+            if not os.path.lexists(mess) or (old and not os.path.lexists(info)):
+                return None                        # removed while we read it
             reason = (f"unreadable: {e.strerror}" if isinstance(e, OSError) and e.strerror
                       else str(e))
             return Damaged(self.queue.name, msg_id, reason)
-        if not os.path.lexists(info):              # finished while we read its states
-            return None
+        if not os.path.lexists(mess) or (stored.format == 1 and not os.path.lexists(info)):
+            return None                            # finished while we read its states
         return Message(self.queue.name, msg_id, stored.envelope, stored.size, stored.states,
                        store.mess_path(msg_id))
 
@@ -112,10 +114,10 @@ class QueueReader:
             if found is not None:
                 yield found
 
-    def uncommitted(self, committed: set[str]) -> int:
-        """Data files with no envelope: messages being received (or crash leftovers)."""
+    def uncommitted(self, committed: set[str] | None = None) -> int:
+        """Files in tmp/: messages being received (or crash leftovers)."""
         try:
-            return len(set(os.listdir(self.store.mess)) - committed)
+            return len(os.listdir(self.store.tmp))
         except FileNotFoundError:
             return 0
 

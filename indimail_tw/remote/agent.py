@@ -296,7 +296,7 @@ class RemoteDeliveryAgent:
         try:
             prep = await self.run(self._prepare, settings.control, message.path, domain,
                                   [r.address for r in recipients], sender,
-                                  self._ipme is None, settings.smtproutes)
+                                  self._ipme is None, settings.smtproutes, message.size)
         except Exception as error:  # noqa: BLE001 -- the message or the configuration
             log.error("cannot prepare {id}: {error}", id=message.id, error=error)
             unreadable = isinstance(error, OSError) and error.filename == message.path
@@ -327,9 +327,11 @@ class RemoteDeliveryAgent:
         return [r for r in results if r is not None]
 
     def _prepare(self, control: Any, path: str, domain: str, addresses: list[str],
-                 sender: str, need_ipme: bool, smtproutes: Any = ()) -> _Prepared:
-        """Blocking: everything read from disk before a delivery (runs in a thread)."""
-        info = scan_message(path, keep=INLINE_BODY)
+                 sender: str, need_ipme: bool, smtproutes: Any = (),
+                 size: int | None = None) -> _Prepared:
+        """Blocking: everything read from disk before a delivery (runs in a thread).
+        The message is the first ``size`` bytes of ``path``."""
+        info = scan_message(path, keep=INLINE_BODY, message_size=size)
         routes = more_routes(control.path, self.environ, addresses, sender)
         keys = []
         for address, route in zip(addresses, routes, strict=True):
@@ -494,7 +496,7 @@ class RemoteDeliveryAgent:
                     if isinstance(opened, SessionFailed):
                         return opened
                     proto, key = opened
-                done = await proto.transact(tx, message.path, prep.info.wire)
+                done = await proto.transact(tx, message.path, prep.info.wire, message.size)
                 if not done.answered and not done.reusable and not fresh:
                     proto = None             # a cached connection had died: once more, fresh
                     continue

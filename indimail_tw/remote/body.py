@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from indimail_tw.datafile import open_data
+
 CHUNK = 256 * 1024
 
 
@@ -57,8 +59,9 @@ class MessageInfo:
     wire: bytes | None = None   # the whole DATA content + terminator, if kept
 
 
-def scan_message(path: str, keep: int = 0) -> MessageInfo:
-    """Read a message file once (blocking: call it in a thread).
+def scan_message(path: str, keep: int = 0, message_size: int | None = None) -> MessageInfo:
+    """Read a message once (blocking: call it in a thread): the first
+    ``message_size`` bytes of the file at ``path`` (None: the whole file).
 
     A message of at most ``keep`` bytes on the wire also comes back encoded
     (``wire``): sending it then needs no more file reads.
@@ -69,7 +72,7 @@ def scan_message(path: str, keep: int = 0) -> MessageInfo:
     in_header, first = True, True
     tail = b""                            # the end of the previous chunk
     kept: list[bytes] | None = [] if keep > 0 else None
-    with open(path, "rb") as f:
+    with open_data(path, message_size) as f:
         while True:
             chunk = f.read(CHUNK)
             if not chunk:

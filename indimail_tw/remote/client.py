@@ -15,6 +15,7 @@ timeout (``timeoutremote``) whenever the peer owes us something.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from indimail_tw.datafile import open_data
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.remote.body import CHUNK, BodyEncoder
 from indimail_tw.remote.client_parser import (
@@ -43,14 +45,19 @@ log = Logger()
 RunInThread = Callable[..., defer.Deferred]
 
 
+def _open_message(path: str, size: int | None) -> Any:
+    return io.BufferedReader(open_data(path, size), CHUNK)
+
+
 @implementer(IPushProducer)
 class BodySender:
     """Streams a message file to a transport: read and encode in a thread, write here."""
 
     def __init__(self, path: str, transport: Any, run: RunInThread,
                  progress: Callable[[], None],
-                 done: Callable[[Failure | None], None]) -> None:
+                 done: Callable[[Failure | None], None], size: int | None = None) -> None:
         self.path = path
+        self.size = size                  # the message is the file's first size bytes
         self.transport = transport
         self.run = run
         self.progress = progress
@@ -64,7 +71,7 @@ class BodySender:
     def start(self) -> None:
         self.transport.registerProducer(self, True)
         self._busy = True
-        self.run(open, self.path, "rb").addCallbacks(self._opened, self._failed)
+        self.run(_open_message, self.path, self.size).addCallbacks(self._opened, self._failed)
 
     def _opened(self, f: Any) -> None:
         self._file = f
@@ -153,6 +160,7 @@ class SMTPClientProtocol(protocol.Protocol):
         self.peer = ""
         self._tx: defer.Deferred | None = None
         self._path = ""
+        self._size: int | None = None
         self._wire: bytes | None = None
         self._body: BodySender | None = None
         self._timer: Any = None
@@ -165,11 +173,14 @@ class SMTPClientProtocol(protocol.Protocol):
         """Connected and Ready for another transaction."""
         return not self._gone and self.core.phase is Phase.READY
 
-    def transact(self, tx: Transaction, path: str, wire: bytes | None = None) -> defer.Deferred:
-        """Deferred[TransactionDone] for one message read from ``path`` (or sent as
-        ``wire``, the message already encoded for DATA with its terminator)."""
+    def transact(self, tx: Transaction, path: str, wire: bytes | None = None,
+                 size: int | None = None) -> defer.Deferred:
+        """Deferred[TransactionDone] for one message read from ``path`` (its first
+        ``size`` bytes; None: the whole file), or sent as ``wire``, the message
+        already encoded for DATA with its terminator."""
         d = self._tx = defer.Deferred()
         self._path = path
+        self._size = size
         self._wire = wire
         self._handle(self.core.start(tx))
         return d
@@ -262,7 +273,7 @@ class SMTPClientProtocol(protocol.Protocol):
             self._handle(self.core.body_sent())
             return
         self._body = BodySender(self._path, self.transport, self.run, self._progress,
-                                self._body_done)
+                                self._body_done, self._size)
         self._body.start()
 
     def _progress(self) -> None:

@@ -19,6 +19,7 @@ from indimail_tw.errors import MailError
 from indimail_tw.fsutil import make_maildir
 from indimail_tw.interfaces import IQueue
 from indimail_tw.paths import Paths
+from indimail_tw.queue import records
 from indimail_tw.queue.envelope import Envelope, Recipient
 from indimail_tw.storage.store import REPOS, UserStore
 from indimail_tw.storage.users import User
@@ -131,11 +132,14 @@ class DeliverySite(EngineMixin):
 
     def message(self, body: bytes = BODY, sender: str = SENDER, *rcpts: str,
                 **envelope) -> QueuedMessage:
+        """A queued message in a queue file as the queue writes it (format 2): the
+        body, then its envelope record and trailer, which no delivery may see."""
         qid = str(next(_ids))
         path = os.path.join(self.paths.queue, f"msg{qid}")
-        with open(path, "wb") as f:
-            f.write(body)
         env = Envelope(sender=sender, recipients=[Recipient(r) for r in rcpts], **envelope)
+        record = records.encode_envelope(env, len(body))
+        with open(path, "wb") as f:
+            f.write(body + record + records.encode_trailer(len(record)))
         return QueuedMessage(qid, env, path, len(body))
 
     def agent(self, **kw) -> LocalDeliveryAgent:

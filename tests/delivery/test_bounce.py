@@ -13,6 +13,7 @@ import pytest
 from indimail_tw.config import ControlDir, Settings
 from indimail_tw.delivery.bounce import EXPIRED_TEXT, make_bounce, wants_failure_notice
 from indimail_tw.delivery.result import DeliveryResult
+from indimail_tw.queue import records
 from indimail_tw.queue.envelope import Envelope, Recipient
 
 ORIGINAL = (b"From: Alice <alice@example.org>\nTo: bob@example.com\nSubject: lunch?\n"
@@ -46,9 +47,11 @@ def settings(**kw):
 def make_message(tmp_path):
     def make(sender="alice@example.org", rcpts=("bob@example.com",), body=ORIGINAL, **env):
         path = tmp_path / f"msg{len(os.listdir(tmp_path))}"
-        path.write_bytes(body)
         recipients = [r if isinstance(r, Recipient) else Recipient(r) for r in rcpts]
         envelope = Envelope(sender=sender, recipients=recipients, received_at=NOW - 60, **env)
+        record = records.encode_envelope(envelope, len(body))
+        # a queue file: the envelope after the message, never part of the bounce
+        path.write_bytes(body + record + records.encode_trailer(len(record)))
         return Message("1", envelope, str(path), len(body))
     return make
 
@@ -236,3 +239,18 @@ def test_eight_bit_original(make_message):
     assert body in data
     _, _, _, original = parts(data)
     assert original["Content-Transfer-Encoding"] == "8bit"
+
+
+def test_the_enclosed_original_never_holds_the_queue_envelope(make_message):
+    """The queue file goes on with the envelope record: the bounce encloses the
+    message bytes only, whole or cut, headers only or not."""
+    body = ORIGINAL
+    message = make_message(body=body, sender="alice@example.org")
+    with open(message.path, "rb") as f:
+        tail = f.read()[len(body):]
+    assert tail.startswith(records.MAGIC)
+    failures = [(Recipient("bob@example.com"), DeliveryResult.permanent("no mailbox", "5.1.1"))]
+    for kw in ({}, {"bouncemaxbytes": 0}, {"bouncemaxbytes": len(body) + 10}):
+        _, data = make_bounce(message, failures, settings(**kw), now=NOW)
+        assert records.MAGIC not in data and b"END " not in data and b"ITWQ2" not in data
+        assert body in data

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from indimail_tw.delivery.program import (
-    MAX_REPORT, PERMANENT_CODES, classify, qmail_environment, run_program,
+    MAX_REPORT, PERMANENT_CODES, classify, message_stdin, qmail_environment, run_program,
 )
 from tests.delivery.support import BODY, SENDER, DeliverySite
 
@@ -87,6 +88,61 @@ class ProgramDeliveryTests(DeliverySite, unittest.TestCase):
         self.assertIn(b"DTLINE=Delivered-To: example.com-alice@example.com\n", data)
         self.assertIn(b"RPLINE=Return-Path: <sender@remote.test>\n", data)
         self.assertIn(b"UFLINE=From sender@remote.test ", data)
+
+    @defer.inlineCallbacks
+    def test_stdin_is_exactly_the_message_seekable_and_not_the_queue_file(self):
+        """The queue file goes on with the envelope: the program gets a copy of the
+        message alone (an anonymous file), which it can read, rewind and read again."""
+        out = os.path.join(self.root, "stdin.out")
+        script = os.path.join(self.root, "rewind.py")
+        self.write(script, (
+            "import os, sys\n"
+            "first = sys.stdin.buffer.read()\n"
+            "os.lseek(0, 0, os.SEEK_SET)\n"
+            "second = b''\n"
+            "while chunk := os.read(0, 65536):\n"
+            "    second += chunk\n"
+            "st = os.fstat(0)\n"
+            f"with open({out!r}, 'wb') as f:\n"
+            "    f.write(b'%d %d %d\\n' % (st.st_ino, st.st_nlink, st.st_size)"
+            " + first + b'|' + second)\n"))
+        self.dot_qmail(f"|{sys.executable} {script}\n")
+        for body in (BODY, BODY + b"x" * 300_000 + b"\n"):     # small and large
+            message = self.message(body)
+            with open(message.path, "rb") as f:
+                self.assertGreater(len(f.read()), len(body))   # the envelope follows
+            result = yield self.deliver("alice@example.com", message)
+            self.assertTrue(result.is_ok, result)
+            with open(out, "rb") as f:
+                head, _, rest = f.read().partition(b"\n")
+            self.assertEqual(rest, body + b"|" + body)
+            ino, nlink, size = map(int, head.split())
+            self.assertNotEqual(ino, os.stat(message.path).st_ino)
+            self.assertEqual((nlink, size), (0, len(body)))
+
+    def test_message_stdin_from_a_file_and_from_memory(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(BODY + b"ENVELOPE RECORD")
+        for fd in (message_stdin(path, len(BODY)), message_stdin(path, 0, BODY),
+                   message_stdin(path, len(BODY), tmpdir=self.root)):
+            try:
+                self.assertEqual(os.lseek(fd, 0, os.SEEK_CUR), 0)
+                self.assertEqual(os.read(fd, 1 << 20), BODY)
+            finally:
+                os.close(fd)
+
+    def test_message_stdin_without_memfd_is_an_unlinked_temp_file(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(BODY + b"ENVELOPE RECORD")
+        self.patch(os, "memfd_create", lambda *a: (_ for _ in ()).throw(OSError(38, "no")))
+        fd = message_stdin(path, len(BODY), tmpdir=self.root)
+        try:
+            self.assertEqual(os.fstat(fd).st_nlink, 0)
+            self.assertEqual(os.read(fd, 1 << 20), BODY)
+        finally:
+            os.close(fd)
 
     @defer.inlineCallbacks
     def test_output_is_the_report_and_is_bounded(self):

@@ -44,7 +44,7 @@ class Agent:
         self.held: list[tuple[Any, Any, defer.Deferred]] = []
 
     def deliver(self, message: Any, recipient: Any) -> Any:
-        with open(message.path, "rb") as f:     # the data must be there
+        with message.open() as f:                # the data must be there
             assert len(f.read()) == message.size
         self.calls.append((self.clock.seconds() if self.clock else None, message.id,
                            recipient.address))
@@ -157,3 +157,20 @@ class LogCapture:
 
     def close(self) -> None:
         self._publisher.removeObserver(self.events.append)
+
+
+def write_format1(path: str, envelope: Envelope, data: bytes,
+                  msg_id: str = "6553f1000123456789") -> str:
+    """An old-format (format 1) message written by hand into the queue at ``path``:
+    the data in ``mess/ID`` and the envelope record in ``info/ID``."""
+    from indimail_tw.queue.records import encode_envelope
+
+    for sub in ("mess", "tmp", "info", "state", "corrupt", "spare"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    if not envelope.received_at:
+        envelope.received_at = T0
+    with open(os.path.join(path, "mess", msg_id), "wb") as f:
+        f.write(data)
+    with open(os.path.join(path, "info", msg_id), "wb") as f:
+        f.write(encode_envelope(envelope, len(data)))
+    return msg_id

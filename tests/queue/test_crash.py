@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+from indimail_tw.datafile import read_data
 from indimail_tw.queue.store import QueueStore
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_child.py")
@@ -66,8 +67,7 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path):
         report = store.recover()
         corrupt += report.corrupt
         for m in report.messages:
-            with open(store.mess_path(m.id), "rb") as f:
-                found[m.id] = check(f.read())
+            found[m.id] = check(read_data(store.mess_path(m.id), m.size))
         for sub in ("tmp",):
             assert os.listdir(os.path.join(store.path, sub)) == []
         store.close()

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 from indimail_tw.config import Config, ControlDir
 from indimail_tw.queue import Envelope
-from indimail_tw.queue.records import decode_envelope
+from indimail_tw.queue.store import read_message_file
 from tests.queue.helpers import Agent, make_queue, result_of, settings
 from tests.smtp.support import Conn, Site, ehlo, make_factory
 
 
 def stored_envelope(queue, msg_id):
-    with open(os.path.join(queue.store.info, msg_id), "rb") as f:
-        return decode_envelope(f.read())[0]
+    return read_message_file(queue.store.mess_path(msg_id))[0]
 
 
 def test_the_extra_address_is_added_to_the_stored_envelope_and_delivered(tmp_path):

@@ -109,3 +109,26 @@ def test_quote_keeps_printable_ascii_and_escapes_the_rest():
         assert unquote(quoted) == text
         assert all(0x21 <= ord(c) < 0x7F and c not in ",=" for c in quoted)
         assert (quoted == text) == all(0x21 <= ord(c) < 0x7F and c not in "%,=" for c in text)
+
+
+@pytest.mark.parametrize("length", [1, 237, 0xFFFF, 0xFFFFFFFF])
+def test_trailer_round_trips_at_a_fixed_length(length):
+    trailer = records.encode_trailer(length)
+    assert len(trailer) == records.TRAILER_SIZE
+    assert trailer.startswith(b"ITWQ2 ") and trailer.endswith(b"\n")
+    assert records.decode_trailer(trailer) == length
+
+
+@pytest.mark.parametrize("data", [b"", b"ITWQ2 000000ed", b"ITWQ2 000000ed\r",
+                                  b"ITWQ1 000000ed\n", b"ITWQ2 000000eG\n",
+                                  b"ITWQ2 000000ED\n", b"ITWQ2 00000000\n",
+                                  b"ITWQ2 -0000001\n", b"xITWQ2 000000ed\n"])
+def test_a_damaged_trailer_is_rejected(data):
+    with pytest.raises(CorruptRecord):
+        records.decode_trailer(data)
+
+
+@pytest.mark.parametrize("length", [0, -1, 1 << 32])
+def test_a_trailer_needs_a_record_length_that_fits(length):
+    with pytest.raises(ValueError):
+        records.encode_trailer(length)

@@ -114,8 +114,9 @@ def test_one_bounce_for_all_failed_recipients_of_a_batch(tmp_path):
     assert [a for a, _ in failures] == ["a@local.test", "c@local.test"] and not expired
     assert msg_id not in q.scheduler.messages
     (bounce_id,) = q.scheduler.messages                    # the bounce, to s@x (remote)
-    with open(q.store.mess_path(bounce_id), "rb") as f:
-        assert f.read().startswith(b"bounce\n")
+    with q.scheduler.messages[bounce_id].message.open() as f:
+        assert f.read() == (b"bounce\na@local.test: no mailbox a@local.test\n"
+                            b"c@local.test: no mailbox c@local.test\n")   # no envelope
     assert q.scheduler.messages[bounce_id].message.envelope.sender == ""
 
 

@@ -33,7 +33,7 @@ class CountingAgent:
             d: defer.Deferred = defer.Deferred()
             self.held.append(d)
             return d
-        d = ThreadRunner(reactor, reactor.getThreadPool())(_read, message.path)
+        d = ThreadRunner(reactor, reactor.getThreadPool())(_read, message)
         d.addCallback(self._got, message, recipient)
         return d
 
@@ -44,8 +44,8 @@ class CountingAgent:
         return DeliveryResult.ok()
 
 
-def _read(path):
-    with open(path, "rb") as f:
+def _read(message):
+    with message.open() as f:
         return f.read()
 
 
@@ -116,7 +116,7 @@ class ServiceTests(unittest.TestCase):
         grace.advance(svc.grace)
         yield stopped
         agent.held[0].callback(DeliveryResult.ok())      # too late: ignored
-        assert names(os.path.join(qs.queues[0].store.info)) == [msg_id]
+        assert names(qs.queues[0].store.mess) == [msg_id]
 
 
 def deferLater(delay):  # noqa: N802
@@ -145,7 +145,7 @@ class BuildQueueTests(unittest.TestCase):
         assert set(names(os.path.join(ctx.paths.queue, "queue2"))) >= {
             "mess", "info", "tmp", "state", "corrupt", "lock"}
         msg_id = yield qs.enqueue(Envelope.simple("s@x", "r@remote.test"), b"hello\n")
-        assert any(msg_id in names(q.store.info) for q in qs.queues)
+        assert any(msg_id in names(q.store.mess) for q in qs.queues)
         yield svc.stopService()
 
     @defer.inlineCallbacks
@@ -165,6 +165,6 @@ class BuildQueueTests(unittest.TestCase):
         bounce = entry.message
         assert bounce.envelope.sender == ""
         assert [r.address for r in bounce.envelope.recipients] == ["s@remote.test"]
-        data = _read(bounce.path)
+        data = _read(bounce)
         assert b"r@local.test" in data and b"no such user" in data
         yield svc.stopService()

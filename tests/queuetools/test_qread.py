@@ -143,17 +143,18 @@ def test_damaged_messages_are_listed_not_fatal(root, capsys):
     unreadable = enqueue(q, "s@x", ["c@remote.test"], b"m\n")
     good = enqueue(q, "s@x", ["d@remote.test"], b"m\n")
     q.close()
-    info = os.path.join(q.store.info, bad_info)
-    os.truncate(info, os.path.getsize(info) - 3)             # END marker cut
+    mess = q.store.mess_path(bad_info)
+    os.truncate(mess, os.path.getsize(mess) - 3)             # trailer cut
     with open(os.path.join(q.store.state, bad_state), "wb") as f:
         f.write(encode_state({"i": 7, "st": "done"}))        # a recipient it has not
-    os.unlink(os.path.join(q.store.info, unreadable))
-    os.mkdir(os.path.join(q.store.info, unreadable))         # cannot be read as a file
+    os.unlink(q.store.mess_path(unreadable))
+    os.mkdir(q.store.mess_path(unreadable))                  # cannot be read as a file
     with open(os.path.join(q.store.corrupt, "0123.info"), "wb") as f:
         f.write(b"moved aside by recovery")
     r = call(qread.main, capsys, "--root", root)
     assert r.status == 0 and "Traceback" not in r.err
-    assert f"queue1/#{bad_info}  damaged: no end marker" in r.out
+    assert f"queue1/#{bad_info}  damaged: no queue trailer at the end of the message file" \
+        in r.out
     assert f"queue1/#{bad_state}  damaged: state line for unknown recipient 7" in r.out
     assert f"queue1/#{unreadable}  damaged: unreadable: Is a directory" in r.out
     assert f"queue1/#{good}  2  <s@x>" in r.out
@@ -168,8 +169,8 @@ def test_an_unreadable_queue_is_reported_and_the_others_listed(root, capsys):
     q2 = queue_in(root, 2)
     msg = enqueue(q2, "s@x", ["a@remote.test"], b"m\n")
     q2.close()
-    os.rmdir(q1.store.info)
-    with open(q1.store.info, "w") as f:       # not a directory: cannot be listed
+    os.rmdir(q1.store.mess)
+    with open(q1.store.mess, "w") as f:       # not a directory: cannot be listed
         f.write("x")
     for argv in ([], ["-c"]):
         r = call(qread.main, capsys, "--root", root, *argv)

@@ -10,7 +10,10 @@ import pytest
 from twisted.internet.task import Clock
 
 from indimail_tw.delivery.result import DeliveryResult
+from indimail_tw.datafile import read_data
+from indimail_tw.queue import Envelope
 from indimail_tw.queue.records import decode_envelope
+from indimail_tw.queue.store import read_message_file
 from indimail_tw.queuetools import rm
 from tests.queue.helpers import T0, Agent, Bounces, files, result_of
 from tests.queuetools.helpers import call, enqueue, one_line, queue_in, run, snapshot
@@ -136,9 +139,10 @@ def test_backdate_expires_the_message_on_the_next_pass(root, capsys):
     assert r.status == 0, r.err
     assert "  back-dated: arrival now 7 Nov 2023 22:13:20 GMT" in r.out
     assert "1 back-dated by 604800 s" in r.out
-    with open(os.path.join(q.store.info, spam), "rb") as f:
-        after, size = decode_envelope(f.read())    # END + crc intact
+    after, size, _ = read_message_file(q.store.mess_path(spam))   # END + crc intact
     assert size == len(SPAM) and after.received_at == T0 - 604800
+    assert read_data(q.store.mess_path(spam), size) == SPAM
+    assert os.listdir(q.store.info) == []
     assert dataclasses.replace(after, received_at=before.received_at) == before
     assert os.listdir(q.store.tmp) == []
 
@@ -151,7 +155,7 @@ def test_backdate_expires_the_message_on_the_next_pass(root, capsys):
                                                             "spammer@example.com"]
     ((bounced, failures, expired),) = bounces.calls
     assert bounced == spam and expired is True
-    assert spam not in q2.scheduler.messages and spam not in files(q2, "info")
+    assert spam not in q2.scheduler.messages and spam not in files(q2, "mess")
     assert ham in q2.scheduler.messages              # the other one waits for +400
     q2.close()
 
@@ -223,11 +227,12 @@ def test_a_failed_action_is_reported_and_the_rest_done(root, two, capsys):
 
 def test_damaged_messages_are_skipped_with_a_warning(root, two, capsys):
     q, spam, ham = two
-    info = os.path.join(q.store.info, ham)
-    os.truncate(info, os.path.getsize(info) - 2)
+    mess = q.store.mess_path(ham)
+    os.truncate(mess, os.path.getsize(mess) - 2)
     r = call(rm.main, capsys, "--root", root, "-p", "a", "-d")
     assert r.status == 0
-    assert one_line(r.err) == f"qmail-rm: queue1/#{ham}: damaged (no end marker); not searched"
+    assert one_line(r.err) == (f"qmail-rm: queue1/#{ham}: damaged (no queue trailer at the "
+                               "end of the message file); not searched")
     assert "1 message matched; 1 deleted" in r.out
 
 
@@ -253,3 +258,52 @@ def test_missing_root_and_queue_base(tmp_path, root, capsys):
     assert r.status == 1 and "no queue directory here" in one_line(r.err)
     r = call(rm.main, capsys, "--root", root, "-p", "x")
     assert r.status == 1 and "no queueN directories" in one_line(r.err)
+
+
+def test_the_search_never_sees_the_envelope(root, capsys):
+    q = queue_in(root)
+    enqueue(q, "only-in-the-envelope@example.com", ["a@remote.test"], HAM)
+    q.close()
+    r = call(rm.main, capsys, "--root", root, "-p", "only-in-the-envelope")
+    assert r.status == 0 and "0 messages matched" in r.out
+    r = call(rm.main, capsys, "--root", root, "-p", "a@remote.test")   # a recipient
+    assert "0 messages matched" in r.out
+    assert "1 message matched" in call(rm.main, capsys, "--root", root, "-p", "noon").out
+
+
+def test_yank_and_backdate_of_an_old_format1_message(root, capsys):
+    from tests.queue.helpers import write_format1
+
+    q = queue_in(root)
+    q.close()
+    old = write_format1(q.store.path, Envelope.simple("s@x", "a@remote.test"), SPAM)
+    r = call(rm.main, capsys, "--root", root, "-p", "VIAGRA", "-X", "100")
+    assert r.status == 0 and "1 back-dated by 100 s" in r.out, r.err
+    envelope, size = q.store.read_envelope(old)
+    assert size == len(SPAM) and envelope.received_at == T0 - 100
+    with open(q.store.mess_path(old), "rb") as f:
+        assert f.read() == SPAM                      # the data file is untouched
+    r = call(rm.main, capsys, "--root", root, "-p", "VIAGRA", "-r")
+    assert r.status == 0, r.err
+    trash = os.path.join(root, "queue", "trash", "queue1")
+    assert sorted(os.listdir(trash)) == [f"{old}.info", f"{old}.mess", f"{old}.state"]
+    with open(os.path.join(trash, f"{old}.mess"), "rb") as f:
+        assert f.read() == SPAM
+    with open(os.path.join(trash, f"{old}.info"), "rb") as f:
+        assert decode_envelope(f.read())[0].received_at == T0 - 100
+    assert os.listdir(q.store.info) == os.listdir(q.store.mess) == []
+    q2, report = reopen(root)
+    assert report.messages == [] and report.corrupt == []
+    q2.close()
+
+
+def test_a_yanked_format2_message_holds_only_the_message_and_the_envelope(root, two, capsys):
+    q, spam, ham = two
+    envelope, size = q.store.read_envelope(spam)
+    r = call(rm.main, capsys, "--root", root, "-p", "VIAGRA", "-r")
+    assert r.status == 0, r.err
+    trash = os.path.join(root, "queue", "trash", "queue1")
+    with open(os.path.join(trash, f"{spam}.info"), "rb") as f:
+        assert decode_envelope(f.read()) == (envelope, size)
+    with open(os.path.join(trash, f"{spam}.mess"), "rb") as f:
+        assert f.read() == SPAM

@@ -17,6 +17,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.protocols.basic import LineReceiver
 
 from indimail_tw.config import Config, ControlDir
+from indimail_tw.queue import records
 from indimail_tw.queue.envelope import Envelope
 from indimail_tw.queue.message import QueuedMessage
 from indimail_tw.remote.agent import RemoteDeliveryAgent
@@ -194,10 +195,11 @@ class Harness:
                 body: bytes = b"Subject: test\n\nhello\n.dot line\n", **kw) -> QueuedMessage:
         self._ids += 1
         path = os.path.join(self.root, "msgs", str(self._ids))
-        with open(path, "wb") as f:
-            f.write(body)
-        return QueuedMessage(str(self._ids), Envelope.simple(sender, *recipients, **kw), path,
-                             len(body))
+        envelope = Envelope.simple(sender, *recipients, **kw)
+        record = records.encode_envelope(envelope, len(body))
+        with open(path, "wb") as f:       # a queue file: its envelope after the message
+            f.write(body + record + records.encode_trailer(len(record)))
+        return QueuedMessage(str(self._ids), envelope, path, len(body))
 
     def deliver(self, agent: RemoteDeliveryAgent, message: QueuedMessage) -> defer.Deferred:
         """Deferred[list of DeliveryResult], one per recipient of ``message``."""

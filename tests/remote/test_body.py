@@ -77,3 +77,17 @@ def test_scan_keeps_the_wire_form_of_a_small_message(tmp_path):
     assert info.wire_size == len(info.wire) - 3
     assert scan_message(str(path), keep=1000).wire is None       # too big: read again later
     assert scan_message(str(path)).wire is None
+
+
+def test_scan_reads_only_the_message_of_a_queue_file(tmp_path):
+    """A queue file goes on with the envelope record: only [0, size) is sent."""
+    body = b"Subject: x\n\n.dot\nplain\n"
+    path = tmp_path / "m"
+    path.write_bytes(body + b"indimail-tw-queue envelope 1\nEND 0\nITWQ2 00000010\n")
+    info = scan_message(str(path), keep=1_000_000, message_size=len(body))
+    assert info.wire == encode(body)
+    assert info.wire_size == len(encode(body)) - 3
+    from indimail_tw.remote.client import _open_message
+
+    with _open_message(str(path), len(body)) as f:
+        assert f.read() == body

@@ -174,8 +174,8 @@ class LifetimeTests(unittest.TestCase):
                            if e.message.envelope.sender == ""]
         self.assertEqual([r.address for r in bounce_entry.message.envelope.recipients],
                          ["alice@me.example"])
-        with open(bounce_entry.message.path, "rb") as f:
-            bounce = email.message_from_binary_file(f, policy=email.policy.default)
+        with bounce_entry.message.open() as f:      # the message, not the envelope after it
+            bounce = email.message_from_bytes(f.read(), policy=email.policy.default)
         self.assertEqual(bounce.get_content_type(), "multipart/report")
         self.assertEqual(bounce.get_param("report-type"), "delivery-status")
         human, status, returned = bounce.iter_parts()

@@ -38,8 +38,9 @@ def test_messages_reach_the_queue_durably(site):
     assert lines[-1].startswith("250 2.0.0 ok ")
     queue_id = lines[-1].rsplit(" ", 1)[1]
     message = site.queue.scheduler.messages[queue_id].message
-    with open(message.path, "rb") as f:
+    with message.open() as f:           # the message; the envelope follows it in the file
         data = f.read()
+    assert len(data) == message.size
     assert data.startswith(b"Received: from client.example.org")
     assert data.endswith(body.replace(b"\r\n", b"\n"))
     assert message.envelope.recipients[0].notify == ("FAILURE",)
