@@ -63,7 +63,7 @@ from indimail_tw.delivery.steps import (
 from indimail_tw.errors import StoreError
 from indimail_tw.interfaces import IDeliveryAgent
 from indimail_tw.maildir.deliver import shared_syncs
-from indimail_tw.queue.batch import CallBatcher
+from indimail_tw.queue.batch import CallBatcher, ThreadRunner
 from indimail_tw.queue.envelope import Envelope, Recipient
 from indimail_tw.storage.users import User
 
@@ -162,11 +162,7 @@ class LocalDeliveryAgent:
         with the others requested meanwhile (see the module docstring)."""
         if self._lookups is None:
             reactor, pool = self.reactor, self._pool
-
-            def run(f: Callable[..., Any], *a: Any) -> defer.Deferred:
-                return threads.deferToThreadPool(
-                    reactor, pool if pool is not None else reactor.getThreadPool(), f, *a)
-
+            run = ThreadRunner(reactor, pool if pool is not None else reactor.getThreadPool())
             self._lookups = CallBatcher(run, around=shared_syncs)
         return self._lookups(fn, *args)
 
