@@ -21,7 +21,6 @@ get the interpreter lock (measured: 2-3 ms per commit batch, a quarter of it).
 from __future__ import annotations
 
 import threading
-
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 

@@ -548,13 +548,20 @@ class QueueStore:
 
     def read_envelope(self, msg_id: str) -> tuple[Envelope, int]:
         """A committed message's envelope and size (either format)."""
+        envelope, size, _ = self._envelope_of(msg_id)
+        return envelope, size
+
+    def _envelope_of(self, msg_id: str) -> tuple[Envelope, int, int | None]:
+        """(envelope, message size, file size): from ``info/ID`` for a format-1
+        message (its file size then None: not looked at), else from the end of
+        ``mess/ID``."""
         try:
             with open(os.path.join(self.info, msg_id), "rb") as f:
-                return records.decode_envelope(f.read())
+                info = f.read()
         except FileNotFoundError:
-            pass
-        envelope, size, _ = read_message_file(self.mess_path(msg_id))
-        return envelope, size
+            return read_message_file(self.mess_path(msg_id))
+        envelope, size = records.decode_envelope(info)
+        return envelope, size, None
 
     def read_states(self, msg_id: str, envelope: Envelope) -> tuple[list[RecipientState], int]:
         """Recipient states from the log (pending when absent); and rejected lines."""
@@ -579,16 +586,9 @@ class QueueStore:
     def load(self, msg_id: str) -> StoredMessage:
         """A committed message (either format); CorruptRecord or OSError if it cannot
         be used (FileNotFoundError: it is not in the queue)."""
-        try:
-            with open(os.path.join(self.info, msg_id), "rb") as f:
-                info = f.read()
-        except FileNotFoundError:
-            info = None
-        if info is None:
-            envelope, size, total = read_message_file(self.mess_path(msg_id))
-            fmt = 2
-        else:
-            envelope, size = records.decode_envelope(info)
+        envelope, size, total = self._envelope_of(msg_id)
+        fmt = 2
+        if total is None:
             try:
                 total = os.stat(self.mess_path(msg_id)).st_size
             except FileNotFoundError:

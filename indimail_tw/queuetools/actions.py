@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from indimail_tw import fsutil
@@ -57,17 +58,17 @@ def yank(store: QueueStore, msg_id: str, yank_dir: str) -> list[str]:
     def target(suffix: str) -> str:
         return os.path.join(yank_dir, f"{msg_id}.{suffix}")
 
-    if store.check_format(msg_id) == 1:
+    old = store.check_format(msg_id) == 1
+    if old:
         _link_or_copy(mess, target("mess"))
-        made.append(target("mess"))
     else:
         _, size, record, _ = read_message_record(mess)
         _write_or_same(target("mess"), lambda: _chunks(mess, size))
-        made.append(target("mess"))
+    made.append(target("mess"))
     if os.path.lexists(state):               # else no delivery attempt recorded yet
         _link_or_copy(state, target("state"))
         made.append(target("state"))
-    if store.check_format(msg_id) == 1:
+    if old:
         _link_or_copy(os.path.join(store.info, msg_id), target("info"))
     else:
         _write_or_same(target("info"), lambda: [record])
@@ -109,8 +110,8 @@ def backdate(store: QueueStore, msg_id: str, seconds: int) -> float:
         directory, final = store.info, os.path.join(store.info, msg_id)
     else:
         mess = store.mess_path(msg_id)
-        fsutil.write_new_file(temp, _joined(_chunks(mess, size),
-                                            [record, records.encode_trailer(len(record))]))
+        fsutil.write_new_file(temp, itertools.chain(
+            _chunks(mess, size), [record, records.encode_trailer(len(record))]))
         directory, final = store.mess, mess
     try:
         fsutil.rename(temp, final)
@@ -131,11 +132,6 @@ def _chunks(path: str, size: int) -> Iterator[bytes]:
     with open_data(path, size) as f:
         while chunk := f.read(_COPY):
             yield chunk
-
-
-def _joined(*parts: Iterable[bytes]) -> Iterator[bytes]:
-    for part in parts:
-        yield from part
 
 
 def _write_or_same(target: str, chunks: Any) -> None:
