@@ -44,6 +44,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from indimail_tw.recent import MISSING, RecentAnswers
 from indimail_tw.auth.flags import Flags
 from indimail_tw.delivery.catchall import QMAIL_DEFAULT, CatchAll
 from indimail_tw.delivery.domainfiles import DomainFiles
@@ -124,9 +125,8 @@ class RecipientExists(Check):
         self._now = now
         self.cache_seconds = cache_seconds
         self.cache_size = cache_size
-        #: lowercased address -> (time of the lookup, its outcome: None, a Reject or
-        #: False for unknown); insertion order is age order
-        self._seen: dict[str, tuple[float, Reject | bool | None]] = {}
+        #: lowercased address -> its outcome: None, a Reject or False for unknown
+        self._seen = RecentAnswers(cache_seconds, cache_size, now)
 
     def applies(self, ctx: SessionContext, domain: str) -> bool:
         settings = ctx.settings
@@ -148,12 +148,9 @@ class RecipientExists(Check):
         domain = domain.lower()
         if not self.applies(ctx, domain) or local.lower() == "postmaster":
             return None
-        key = request.address.lower()
-        seen = self._seen.get(key)
-        if seen is not None:
-            if self._now() - seen[0] < self.cache_seconds:
-                return self._judged(ctx, request.address, seen[1])
-            del self._seen[key]
+        seen = self._seen.get(request.address.lower())
+        if seen is not MISSING:
+            return self._judged(ctx, request.address, seen)
         return self._lookup(ctx, request.address, local, domain)
 
     def _lookup(self, ctx: SessionContext, address: str, local: str,
@@ -169,19 +166,10 @@ class RecipientExists(Check):
             return TEMPORARY_DB_ERROR
 
         def judged(verdict: Reject | bool | None) -> Verdict:
-            self._remember(address.lower(), started, verdict)
+            self._seen.put(address.lower(), verdict, started)
             return self._judged(ctx, address, verdict)
 
         return d.addCallbacks(judged, failed)
-
-    def _remember(self, key: str, when: float, verdict: Reject | bool | None) -> None:
-        if self.cache_seconds <= 0 or self.cache_size <= 0:
-            return
-        seen = self._seen
-        seen.pop(key, None)
-        while len(seen) >= self.cache_size:
-            del seen[next(iter(seen))]
-        seen[key] = (when, verdict)
 
     def forget(self) -> None:
         """Drop every remembered lookup (e.g. after the admin changed users)."""

@@ -118,7 +118,7 @@ def print_info(site: Installation, out: Any) -> int:
         owner = ("not in use" if pid == lock.NOBODY else "owner unknown"
                  if pid == lock.UNKNOWN else f"in use by pid {pid}")
         out.write(f"{queue.name}: {len(ids)} message{'' if len(ids) == 1 else 's'}, "
-                  f"{reader.uncommitted(set(ids))} "
+                  f"{reader.uncommitted()} "
                   f"being received, {reader.corrupt()} in corrupt/; {owner}\n")
     return status
 

@@ -114,7 +114,7 @@ class QueueReader:
             if found is not None:
                 yield found
 
-    def uncommitted(self, committed: set[str] | None = None) -> int:
+    def uncommitted(self) -> int:
         """Files in tmp/: messages being received (or crash leftovers)."""
         try:
             return len(os.listdir(self.store.tmp))
@@ -137,6 +137,6 @@ class QueueReader:
                 counts.damaged += 1
             else:
                 counts.count(found, route)
-        counts.uncommitted = self.uncommitted(set(ids))
+        counts.uncommitted = self.uncommitted()
         counts.damaged += self.corrupt()
         return counts

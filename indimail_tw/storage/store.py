@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from indimail_tw.interfaces import IUserStore
 from indimail_tw.storage.engine import Engine, Txn
+from indimail_tw.recent import MISSING, RecentAnswers
 from indimail_tw.storage.repos import (
     AliasDomains, Aliases, AtrnMap, DirControl, IpAliasMap, LastAuth, Relay, UserQuota,
     VLimits,
@@ -76,10 +77,8 @@ class UserStore:
         self.repos = REPOS
         self.cache_seconds = cache_seconds
         self._now = now
-        #: (name, domain) -> (time read, (user, real domain, valias lines)); insertion
-        #: order is age order.  Read and written by worker threads: single dict
-        #: operations only.
-        self._recent: dict[tuple[str, str], tuple[float, tuple]] = {}
+        #: (name, domain) -> (user, real domain, valias lines); shared by worker threads
+        self._recent = RecentAnswers(cache_seconds, CACHE_SIZE, now)
 
     def forget(self) -> None:
         """Drop every remembered lookup."""
@@ -107,18 +106,11 @@ class UserStore:
         key = (name, domain)
         started = self._now()
         seen = self._recent.get(key)
-        if seen is not None and started - seen[0] < self.cache_seconds:
-            user, real, lines = seen[1]
+        if seen is not MISSING:
+            user, real, lines = seen
             return user, real, list(lines)
         user, real, lines = self.engine.run_read(_lookup_with_aliases, name, domain)
-        recent = self._recent
-        recent.pop(key, None)
-        while len(recent) >= CACHE_SIZE:
-            try:
-                del recent[next(iter(recent))]
-            except (KeyError, StopIteration, RuntimeError):   # another thread got there first
-                break
-        recent[key] = (started, (user, real, tuple(lines)))
+        self._recent.put(key, (user, real, tuple(lines)), started)
         return user, real, lines
 
     def alias_lines_now(self, alias: str, domain: str) -> list[str]:
