@@ -31,6 +31,12 @@ def _unique_host() -> tuple[int, str]:
     return _host
 
 
+def process_id() -> int:
+    """``os.getpid()``, asked once per process (a forked child asks again): file
+    names made for every message carry it."""
+    return _unique_host()[0]
+
+
 def _forget_host() -> None:
     global _host
     _host = None
@@ -128,7 +134,7 @@ def write_all_v(fd: int, buffers: Sequence[bytes]) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}.{_next()}")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{process_id()}.{_next()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:

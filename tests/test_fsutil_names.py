@@ -111,3 +111,22 @@ def test_rename_noreplace_without_renameat2_links_and_unlinks(tmp_path, monkeypa
     dst.unlink()
     fsutil.rename_noreplace(str(src), str(dst))
     assert not src.exists() and dst.read_bytes() == b"a"
+
+
+def test_queue_tmp_names_carry_the_pid_of_the_process_that_made_them():
+    """The pid is looked up once per process, and again in a forked child."""
+    from indimail_tw.queue.store import new_tmp_name
+
+    a, b = new_tmp_name(), new_tmp_name()
+    assert a != b and a.split(".")[0] == b.split(".")[0] == str(os.getpid())
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                           # pragma: no cover -- the child
+        os.close(read)
+        os.write(write, new_tmp_name().encode())
+        os._exit(0)
+    os.close(write)
+    name = os.read(read, 1000).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert name.split(".")[0] == str(pid)

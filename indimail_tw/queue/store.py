@@ -151,7 +151,7 @@ def new_id() -> str:
 
 def new_tmp_name() -> str:
     """A name for tmp/, unique in this process (tmp/ is emptied at every start)."""
-    return f"{os.getpid()}.{next(_names)}"
+    return f"{fsutil.process_id()}.{next(_names)}"
 
 
 def read_message_file(path: str) -> tuple[Envelope, int, int]:
