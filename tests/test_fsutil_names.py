@@ -19,18 +19,24 @@ def test_names_carry_pid_and_a_growing_counter():
     assert "/" not in ma.group(5) and ":" not in ma.group(5)
 
 
-def test_a_forked_child_uses_its_own_pid():
-    fsutil.unique_name()                   # the parent has looked its pid up
+def _in_forked_child(make_name) -> tuple[int, str]:
+    """(the child's pid, the name ``make_name()`` gave in a forked child)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:                           # pragma: no cover -- the child
         os.close(read)
-        os.write(write, fsutil.unique_name().encode())
+        os.write(write, make_name().encode())
         os._exit(0)
     os.close(write)
     name = os.read(read, 1000).decode()
     os.close(read)
     os.waitpid(pid, 0)
+    return pid, name
+
+
+def test_a_forked_child_uses_its_own_pid():
+    fsutil.unique_name()                   # the parent has looked its pid up
+    pid, name = _in_forked_child(fsutil.unique_name)
     assert NAME.match(name).group(3) == str(pid)
 
 
@@ -119,14 +125,5 @@ def test_queue_tmp_names_carry_the_pid_of_the_process_that_made_them():
 
     a, b = new_tmp_name(), new_tmp_name()
     assert a != b and a.split(".")[0] == b.split(".")[0] == str(os.getpid())
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:                           # pragma: no cover -- the child
-        os.close(read)
-        os.write(write, new_tmp_name().encode())
-        os._exit(0)
-    os.close(write)
-    name = os.read(read, 1000).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
+    pid, name = _in_forked_child(new_tmp_name)
     assert name.split(".")[0] == str(pid)
