@@ -20,22 +20,8 @@ SETTLE=${SETTLE:-$(( $(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || ec
 rm -rf "$BASE"; mkdir -p "$BASE"; sleep "$SETTLE"
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }   # utime stime of the whole process
-start() {  # root hold -> sets PID
-    "$PY" - "$1" "$2" <<'PYEOF'
-import sys
-from indimail_tw.admin.site import Site
-from indimail_tw.admin.ops_domain import add_domain
-from indimail_tw.admin.ops_user import add_user
-site = Site.resolve(sys.argv[1], {})
-site.paths.ensure()
-site.control.write_value("me", "bench.local")
-if sys.argv[2] == "1":
-    site.control.write_value("holdlocal", "1")
-add_domain(site, "bench.test", "pm-secret")
-for i in range(1, 11):
-    add_user(site, f"user{i}@bench.test", "pw")
-site.close()
-PYEOF
+start() {  # root [hold] -> sets PID
+    "$PY" "$HERE/bench_root.py" "$1" ${2:+--hold-local}
     env -u QUEUE_COUNT ${OUR_ENV:-} .venv/bin/twistd -n --pidfile= --logfile "$1/twistd.log" \
         indimail --root "$1" --smtp "tcp:$PORT:interface=127.0.0.1" ${OUR_ARGS:-} &
     PID=$!
@@ -58,31 +44,33 @@ user, system = (int(u1) - int(u0)) * 1000 / tick / n, (int(s1) - int(s0)) * 1000
 print(f"  {name:8} {rate:8.1f} msg/s  cpu/msg {user + system:.3f} ms (user {user:.3f}, system {system:.3f})")' \
         "$@" "$MESSAGES"
 }
+measure() {  # name root with-maildirs json-key -> sets RATE and reports it
+    local t0 t1
+    t0=$(ticks "$PID")
+    RATE=$(load "$2" "$3" | "$PY" -c "import json, sys; print(json.load(sys.stdin)['$4'])")
+    t1=$(ticks "$PID")
+    report "$1" "$RATE" "$t0" "$t1"
+}
 delivered() { find "$1"/mail/*/bench.test/user*/Maildir/new -type f | wc -l; }
 
 echo "machine: $(nproc) CPUs, $(uname -r), $(df -hT /var/tmp | awk 'NR==2{print $2" on "$1}')"
 for round in $(seq 1 "$ROUNDS"); do
     [ "$round" = 1 ] || sleep "$SETTLE"
     echo "round $round"
-    root="$BASE/held-$round"; start "$root" 1
-    t0=$(ticks "$PID")
-    accept=$(load "$root" 0 | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["accepted_per_s"])')
-    t1=$(ticks "$PID")
-    report accept "$accept" "$t0" "$t1"
+    root="$BASE/held-$round"; start "$root" hold
+    measure accept "$root" 0 accepted_per_s; accept=$RATE
     echo 0 > "$root/control/holdlocal"
-    begin=$(date +%s.%N); kill -HUP "$PID"
+    t0=$(ticks "$PID"); begin=$(date +%s.%N); kill -HUP "$PID"
     while [ "$(delivered "$root")" -lt "$MESSAGES" ]; do sleep 0.02; done
-    end=$(date +%s.%N); t2=$(ticks "$PID")
-    report deliver "$("$PY" -c "print($MESSAGES / ($end - $begin))")" "$t1" "$t2"
+    end=$(date +%s.%N); t1=$(ticks "$PID")
+    deliver=$("$PY" -c "print($MESSAGES / ($end - $begin))")
+    report deliver "$deliver" "$t0" "$t1"
     kill "$PID"; wait "$PID" 2>/dev/null || true
 
     sleep "$SETTLE"
-    root="$BASE/both-$round"; start "$root" 0
-    t0=$(ticks "$PID")
-    both=$(load "$root" 1 | "$PY" -c 'import json, sys; r = json.load(sys.stdin); print(r["delivered_per_s"])')
-    t1=$(ticks "$PID")
-    report both "$both" "$t0" "$t1"
+    root="$BASE/both-$round"; start "$root"
+    measure both "$root" 1 delivered_per_s
     kill "$PID"; wait "$PID" 2>/dev/null || true
-    "$PY" -c "a, d, b = $accept, $(( MESSAGES )) / ( $end - $begin ), $both
+    "$PY" -c "a, d, b = $accept, $deliver, $RATE
 print(f'  1/(1/accept + 1/deliver) = {1 / (1 / a + 1 / d):.1f} msg/s; both = {b:.1f} msg/s')"
 done

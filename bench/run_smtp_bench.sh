@@ -27,19 +27,7 @@ SETTLE=${SETTLE:-$(( $(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || ec
 sleep "$SETTLE"
 
 # indimail_tw: a root with bench.test and user1..user10
-"$PY" - "$ROOT" <<'PYEOF'
-import sys
-from indimail_tw.admin.site import Site
-from indimail_tw.admin.ops_domain import add_domain
-from indimail_tw.admin.ops_user import add_user
-site = Site.resolve(sys.argv[1], {})
-site.paths.ensure()
-site.control.write_value("me", "bench.local")
-add_domain(site, "bench.test", "pm-secret")
-for i in range(1, 11):
-    add_user(site, f"user{i}@bench.test", "pw")
-site.close()
-PYEOF
+"$PY" "$HERE/bench_root.py" "$ROOT"
 env -u QUEUE_COUNT ${OUR_ENV:-} .venv/bin/twistd -n --pidfile= --logfile "$ROOT/twistd.log" \
     indimail --root "$ROOT" --smtp "tcp:$OUR_PORT:interface=127.0.0.1" ${OUR_ARGS:-} &
 OUR_PID=$!
