@@ -31,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from indimail_tw.auth.checkers import AuthPolicy, ChainChecker, IBindable, StoreChecker
 from indimail_tw.auth.realm import MaildirRealm
 from indimail_tw.config import Config, ControlDir
+from indimail_tw.logjson import JSONEventReader
 from indimail_tw.paths import Paths
 from indimail_tw.storage.engine import Engine, open_engine
 from indimail_tw.storage.store import CACHE_SECONDS as STORE_CACHE_SECONDS, UserStore
@@ -56,6 +57,7 @@ class ServerContext:
     log_debug: bool = False      # make debug log events (off: they are not even created)
     io_pool: ThreadPool | None = None   # the hot path's blocking work (see the module doc)
     worker: tuple[int, int] = (0, 1)    # (this process, processes): see --workers
+    local_process: bool = False  # local deliveries in a helper process (--local-delivery)
     extras: dict = field(default_factory=dict)
 
     def auth_policy(self) -> AuthPolicy:
@@ -67,7 +69,8 @@ class ServerContext:
 def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | None = None,
                   reactor: Any = None, *, log_debug: bool = False,
                   io_threads: int = IO_THREADS,
-                  worker: tuple[int, int] = (0, 1)) -> ServerContext:
+                  worker: tuple[int, int] = (0, 1),
+                  local_process: bool = False) -> ServerContext:
     """Open the store (creating missing tables, refusing a newer schema) and the portal.
 
     Blocking: called once from ``makeService`` before the reactor runs, so a
@@ -84,7 +87,8 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
                             portal=Portal(MaildirRealm(store), [checker]), checker=checker,
                             environ=environ, reactor=reactor, log_debug=log_debug,
                             io_pool=ThreadPool(minthreads=0, maxthreads=io_threads,
-                                               name="indimail-io"), worker=worker)
+                                               name="indimail-io"), worker=worker,
+                            local_process=local_process)
     _bind(context)
     config.subscribe(lambda _settings: _bind(context))
     return context
@@ -110,10 +114,12 @@ def attach_queue(context: ServerContext, parent: service.MultiService) -> None:
     """Build the queues with the local and remote delivery agents and run them
     under ``parent``."""
     from indimail_tw.delivery.local import build_local_agent
+    from indimail_tw.delivery.lspawn import build_local_spawn
     from indimail_tw.queue.service import build_queue
     from indimail_tw.remote.agent import build_remote_agent
 
-    context.local_agent = build_local_agent(context)
+    build = build_local_spawn if context.local_process else build_local_agent
+    context.local_agent = build(context)
     context.remote_agent = build_remote_agent(context)
     queue_set, queue_service = build_queue(
         context, {"local": context.local_agent, "remote": context.remote_agent},
@@ -147,6 +153,9 @@ class IndiMailService(service.MultiService):
         ok = self.context.config.reload()
         log.info("configuration reloaded" if ok else "configuration reload failed; "
                  "keeping the previous settings")
+        reload_helper = getattr(self.context.local_agent, "reload", None)
+        if reload_helper is not None:
+            reload_helper()
         if self.workers is not None:
             self.workers.signal("HUP")
         return ok
@@ -181,6 +190,9 @@ class IndiMailService(service.MultiService):
         from indimail_tw import logsetup
 
         logsetup.install(self._reactor())
+        start_helper = getattr(self.context.local_agent, "start", None)
+        if start_helper is not None:
+            start_helper()
         super().startService()
         log.info("indimail_tw started: root {root}, {engine} user store",
                  root=self.context.paths.root, engine=self.context.engine.name)
@@ -190,9 +202,12 @@ class IndiMailService(service.MultiService):
             signal.signal(signum, handler)
         self._previous.clear()
         d = super().stopService()
-        if self.context.remote_agent is not None:
-            # after the queues stopped delivering: QUIT idle remote connections
-            d.addBoth(lambda result: self.context.remote_agent.stop().addBoth(lambda _: result))
+        # after the queues stopped delivering: QUIT idle remote connections, stop the
+        # local delivery helper
+        for agent in (self.context.remote_agent, self.context.local_agent):
+            stop = getattr(agent, "stop", None)
+            if stop is not None:
+                d.addBoth(lambda result, stop=stop: stop().addBoth(lambda _: result))
         d.addBoth(self._stopped)
         return d
 
@@ -226,37 +241,13 @@ FIRST_LISTEN_FD = 3
 
 def worker_log_observer() -> Any:
     """The log observer of a worker process (twistd ``--logger``): JSON events on stdout."""
-    from twisted.logger import jsonFileLogObserver
+    from twisted.internet import reactor
 
-    import atexit
-
-    from twisted.internet import reactor, task
-
+    from indimail_tw.logjson import json_observer
     from indimail_tw.logsetup import FLUSH_DELAY
 
-    # stdout itself is taken over by twistd's logging: write to a copy of the descriptor.
-    # The observer flushes after every event; the pipe is flushed every FLUSH_DELAY
-    # seconds instead (and at the end), so the events of a busy moment share writes.
-    out = open(os.dup(1), "w", encoding="utf-8", errors="replace")  # noqa: SIM115
-    lazy = _FlushLater(out)
-    flusher = task.LoopingCall(out.flush)
-    reactor.callWhenRunning(flusher.start, FLUSH_DELAY, False)
-    reactor.addSystemEventTrigger("after", "shutdown", out.flush)
-    atexit.register(lambda: out.closed or out.flush())
-    return jsonFileLogObserver(lazy)
-
-
-class _FlushLater:
-    """A text file whose ``flush`` waits for the worker's periodic flush."""
-
-    def __init__(self, out: Any) -> None:
-        self._out = out
-
-    def write(self, text: str) -> int:
-        return self._out.write(text)
-
-    def flush(self) -> None:
-        pass
+    # stdout itself is taken over by twistd's logging: write to a copy of the descriptor
+    return json_observer(1, reactor, FLUSH_DELAY)
 
 
 def add_listeners(root: IndiMailService, selected: list[tuple[str, str]],
@@ -561,25 +552,11 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
-        self._out = b""
+        self._events = JSONEventReader(f"worker {index}")
         self._err = b""
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802
-        from twisted.logger import eventFromJSON, globalLogPublisher
-
-        self._out += data
-        *records, self._out = self._out.split(b"\x1e")
-        for record in records:
-            text = record.strip()
-            if not text:
-                continue
-            try:
-                event = eventFromJSON(text.decode("utf-8", "replace"))
-            except ValueError:
-                log.warn("worker {index}: {text}", index=self.index,
-                         text=text.decode("utf-8", "replace"))
-                continue
-            globalLogPublisher(event)
+        self._events.feed(data)
 
     def errReceived(self, data: bytes) -> None:  # noqa: N802
         self._err += data

@@ -38,6 +38,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["workers", None, 1,
          "Processes to run (this one and N-1 it starts and supervises); worker k owns "
          "queues QUEUE_START+k, +k+N, ... so QUEUE_COUNT must be at least N", int],
+        ["local-delivery", None, "process",
+         "Where local deliveries run: 'process', a helper process the server starts "
+         "(as qmail-send uses qmail-lspawn), so that delivering runs on another core "
+         "while the server receives; or 'inline', in the server's own threads"],
         ["worker-index", None, 0,
          "(internal: set by --workers for the processes it starts)", int],
         ["listen-fds", None, None,
@@ -76,6 +80,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--io-threads: at least 1")
         if self["workers"] < 1:
             raise usage.UsageError("--workers: at least 1")
+        if self["local-delivery"] not in ("process", "inline"):
+            raise usage.UsageError("--local-delivery: 'process' or 'inline'")
         if not 0 <= self["worker-index"] < self["workers"]:
             raise usage.UsageError("--worker-index: between 0 and --workers - 1")
         fds = self["listen-fds"]
@@ -119,7 +125,8 @@ def makeService(options: Options):  # noqa: N802
     try:
         context = build_context(paths, environ, options.get("credCheckers") or None,
                                 log_debug=bool(options["log-debug"]),
-                                io_threads=options["io-threads"], worker=(index, workers))
+                                io_threads=options["io-threads"], worker=(index, workers),
+                                local_process=options["local-delivery"] == "process")
     except (StoreError, ConfigError, OSError) as e:
         raise SystemExit(f"indimail: cannot start: {e}") from None
     count = context.config.current.queue_count

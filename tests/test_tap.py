@@ -147,7 +147,8 @@ class MakeServiceTests(unittest.TestCase):
         from indimail_tw.policy.recipients import RecipientExists
 
         self.assertRaises(usage.UsageError, self.options, "--io-threads", "0")
-        service = makeService(self.options("--io-threads", "3", "--smtp", "tcp:0"))
+        service = makeService(self.options("--io-threads", "3", "--smtp", "tcp:0",
+                                           "--local-delivery", "inline"))
         context = service.context
         pool = context.io_pool
         self.assertEqual((pool.max, pool.name), (3, "indimail-io"))
@@ -166,6 +167,48 @@ class MakeServiceTests(unittest.TestCase):
         finally:
             yield service.stopService()
         self.assertFalse(pool.started)
+
+    @defer.inlineCallbacks
+    def test_local_delivery_runs_in_a_helper_process_by_default(self):
+        from indimail_tw.admin.ops_domain import add_domain
+        from indimail_tw.admin.ops_user import add_user
+        from indimail_tw.admin.site import Site
+        from indimail_tw.delivery.local import LocalDeliveryAgent
+        from indimail_tw.delivery.lspawn import LocalSpawn
+        from indimail_tw.queue.envelope import Envelope
+
+        self.assertRaises(usage.UsageError, self.options, "--local-delivery", "thread")
+        inline = makeService(self.options("--local-delivery", "inline"))
+        self.assertIsInstance(inline.context.local_agent, LocalDeliveryAgent)
+        inline.context.engine.close()
+
+        site = Site.resolve(self.root, {})
+        add_domain(site, "example.com", "pm-secret")
+        add_user(site, "alice@example.com", "pw")
+        site.close()
+        service = makeService(self.options("--smtp", "tcp:0:interface=127.0.0.1"))
+        spawn = service.context.local_agent
+        self.assertIsInstance(spawn, LocalSpawn)
+        self.assertEqual(spawn.command[spawn.command.index("--root") + 1], self.root)
+        new = os.path.join(self.root, "mail")
+        service.startService()
+        try:
+            self.assertIsNotNone(spawn.process)
+            yield service.context.queue.enqueue(
+                Envelope.simple("s@remote.test", "alice@example.com"),
+                b"Subject: hi\r\n\r\nhello\r\n")
+            from twisted.internet import reactor, task
+
+            for _ in range(500):
+                delivered = [f for d, _, files in os.walk(new) if d.endswith("/new")
+                             for f in files]
+                if delivered:
+                    break
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            self.assertEqual(len(delivered), 1)
+        finally:
+            yield service.stopService()
+        self.assertIsNone(spawn.process)
 
     @defer.inlineCallbacks
     def test_sigalrm_flushes_the_queues(self):

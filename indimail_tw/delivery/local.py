@@ -515,15 +515,16 @@ class LocalDeliveryAgent:
             ret=original.ret if original else None, envid=original.envid if original else None,
             body=original.body if original else None,
             smtputf8=original.smtputf8 if original else False, protocol="LOCAL")
+        copy = getattr(queue, "enqueue_copy", None)     # the helper process's queue
         try:
-            reader = await self._thread(
-                lambda: io.BufferedReader(PrefixedReader(job.dtline, job.message.path,
-                                                         job.message.size)))
+            if copy is not None:
+                queue_id = await copy(envelope, job.dtline, job.message.path, job.message.size)
+            else:
+                queue_id = await enqueue_copy(self.reactor, queue, envelope, job.dtline,
+                                              job.message.path, job.message.size)
         except OSError as e:
             return DeliveryResult.temporary(f"Unable to read message: {e.strerror}. (#4.3.0)",
                                             "4.3.0")
-        try:
-            queue_id = await defer.maybeDeferred(queue.enqueue, envelope, reader)
         except Exception as e:  # noqa: BLE001 - any queue failure: retry, unless refused
             text = getattr(e, "text", None) or str(e) or e.__class__.__name__
             if getattr(e, "temporary", True) is False:
@@ -531,8 +532,6 @@ class LocalDeliveryAgent:
                                                 getattr(e, "enhanced", "") or "5.3.0")
             return DeliveryResult.temporary(f"Unable to forward message: {text}. (#4.3.0)",
                                             "4.3.0")
-        finally:
-            reader.close()
         return DeliveryResult.ok(f"forwarded to {', '.join(addresses)} (queued as {queue_id})")
 
     # -- unknown and inactive users ---------------------------------------------------
@@ -574,6 +573,21 @@ class LocalDeliveryAgent:
         if "/Maildir/" not in path + "/":
             path = path.rstrip("/") + "/Maildir/"
         return await self._file(job, dq.Instruction(dq.MAILDIR, path, path), None)
+
+
+def enqueue_copy(reactor: Any, queue: Any, envelope: Envelope, dtline: bytes, path: str,
+                 size: int) -> defer.Deferred:
+    """Queue ``dtline`` and bytes [0, ``size``) of the message file ``path`` as a new
+    message: Deferred[queue id] (the file is opened in a thread; OSError if it cannot be)."""
+    d = threads.deferToThreadPool(
+        reactor, reactor.getThreadPool(),
+        lambda: io.BufferedReader(PrefixedReader(dtline, path, size)))
+
+    def opened(reader: Any) -> defer.Deferred:
+        done = defer.maybeDeferred(queue.enqueue, envelope, reader)
+        return done.addBoth(lambda result: (reader.close(), result)[1])
+
+    return d.addCallback(opened)
 
 
 def build_local_agent(context: Any) -> LocalDeliveryAgent:

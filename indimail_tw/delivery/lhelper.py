@@ -1,0 +1,184 @@
+"""The local delivery helper process, started by :class:`~indimail_tw.delivery.lspawn.LocalSpawn`.
+
+    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--log-debug]
+
+It runs the :class:`~indimail_tw.delivery.local.LocalDeliveryAgent` of the
+installation at ROOT (its own settings, store connection and threads) for the
+requests the server writes on its stdin, and writes each result on its stdout
+(:mod:`indimail_tw.delivery.wire`); forwards go back to the server, which queues
+them.  Log events go to fd 3 as JSON.  SIGHUP reloads the control files and
+forgets cached users; SIGINT and SIGTERM are ignored (they reach the whole
+process group when the server is stopped from a terminal or by a service
+manager, and the server stops the helper itself): the helper stops once its stdin
+reaches its end and the deliveries in progress are answered.  If it cannot
+start (a damaged control file, no database) it says why on stderr and exits 111.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import defer, interfaces, protocol
+from zope.interface import implementer
+
+from indimail_tw.delivery import wire
+from indimail_tw.errors import MailError
+from indimail_tw.queue.message import QueuedMessage
+
+LOG_FD = 3
+MAX_LINE = 64 * 1024 * 1024
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class Channel(protocol.Protocol):
+    """The server's requests in, results and forwards out (over stdin and stdout).
+
+    The end of stdin ends the helper once every delivery in progress is answered."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.agent: Any = None
+        self._buffer = b""
+        self._running = 0
+        self._closing = False
+        self._forwards = 0
+        self._forwarding: dict[int, defer.Deferred] = {}
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._buffer += data
+        if b"\n" not in data:
+            if len(self._buffer) > MAX_LINE:
+                raise SystemExit("lhelper: a request longer than the limit")
+            return
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for text in lines:
+            record = wire.decode(text.decode("utf-8"))
+            if "n" in record:
+                self._deliver(record)
+            else:
+                self._forwarded(record)
+
+    def _deliver(self, record: dict[str, Any]) -> None:
+        recipient = wire.recipient_in(record["r"])
+        envelope = wire.envelope_in(record["e"])
+        envelope.recipients = [recipient]
+        message = QueuedMessage(str(record["m"]), envelope, str(record["p"]),
+                                int(record["z"]), str(record["q"]))
+        number = record["n"]
+        self._running += 1
+        d = self.agent.deliver(message, recipient)
+        d.addCallback(lambda result: self.transport.write(wire.result_out(number, result)))
+        d.addBoth(self._done)
+
+    def _done(self, result: Any) -> Any:
+        self._running -= 1
+        self._stop_if_done()
+        return result
+
+    # -- forwards: the agent's queue --------------------------------------------------
+
+    def enqueue_copy(self, envelope: Any, dtline: bytes, path: str,
+                     size: int) -> defer.Deferred:
+        """Ask the server to queue ``dtline`` + the message: Deferred[queue id], or a
+        :class:`MailError` with the server's reason."""
+        self._forwards += 1
+        number = self._forwards
+        d: defer.Deferred = defer.Deferred()
+        self._forwarding[number] = d
+        self.transport.write(wire.line({"f": number, "e": wire.envelope_out(envelope),
+                                        "dt": dtline.decode("latin-1"), "p": path,
+                                        "z": size}))
+        return d
+
+    def _forwarded(self, record: dict[str, Any]) -> None:
+        d = self._forwarding.pop(record["fr"])
+        if "id" in record:
+            d.callback(str(record["id"]))
+        else:
+            code = 554 if record.get("perm") else 451
+            d.errback(MailError(code, str(record["x"]), str(record["t"])))
+
+    # -- the end ------------------------------------------------------------------------
+
+    def readConnectionLost(self) -> None:  # noqa: N802
+        self._closing = True
+        self._stop_if_done()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        self.connectionLost(None)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self._closing = True
+        for d in self._forwarding.values():
+            d.errback(MailError(451, "4.3.0", "the server stopped"))
+        self._forwarding.clear()
+        self._stop_if_done()
+
+    def _stop_if_done(self) -> None:
+        if self._closing and not self._running and self.reactor.running:
+            self.reactor.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="indimail_tw.delivery.lhelper",
+                                description="local delivery helper (started by the server)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--control-dir", required=True)
+    p.add_argument("--log-debug", action="store_true")
+    args = p.parse_args(argv)
+
+    from twisted.internet import reactor, stdio
+    from twisted.logger import globalLogBeginner
+    from twisted.python.threadpool import ThreadPool
+
+    from indimail_tw.config import Config, ControlDir
+    from indimail_tw.delivery.local import LocalDeliveryAgent
+    from indimail_tw.errors import ConfigError, StoreError
+    from indimail_tw.logjson import json_observer
+    from indimail_tw.logsetup import FLUSH_DELAY
+    from indimail_tw.paths import Paths
+    from indimail_tw.service import IO_THREADS
+    from indimail_tw.storage.engine import open_engine
+    from indimail_tw.storage.store import CACHE_SECONDS, UserStore
+
+    environ = dict(os.environ)
+    try:
+        paths = Paths.resolve(args.root, environ, args.control_dir)
+        config = Config(ControlDir(paths.control, environ))
+        engine = open_engine(paths, environ, create=False)
+    except (ConfigError, StoreError, OSError) as e:
+        print(f"lhelper: cannot start: {e}", file=sys.stderr)
+        return 111
+    globalLogBeginner.beginLoggingTo([json_observer(LOG_FD, reactor, FLUSH_DELAY)],
+                                     redirectStandardIO=False)
+    store = UserStore(engine, cache_seconds=CACHE_SECONDS)
+    pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="indimail-lhelper")
+    channel = Channel(reactor)
+    channel.agent = LocalDeliveryAgent(store, paths.domains, config, channel,
+                                       reactor=reactor, environ=environ, pool=pool)
+
+    def reload() -> None:
+        store.forget()
+        config.reload()
+
+    def signals() -> None:
+        # after the reactor's own handlers (SIGCHLD is needed by program deliveries)
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    pool.start()
+    reactor.callWhenRunning(signals)
+    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+    stdio.StandardIO(channel, reactor=reactor)
+    reactor.run()
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
