@@ -58,6 +58,7 @@ class ServerContext:
     io_pool: ThreadPool | None = None   # the hot path's blocking work (see the module doc)
     worker: tuple[int, int] = (0, 1)    # (this process, processes): see --workers
     local_process: bool = False  # local deliveries in a helper process (--local-delivery)
+    local_nice: int = 0          # ... running that much nicer (--local-delivery-nice)
     extras: dict = field(default_factory=dict)
 
     def auth_policy(self) -> AuthPolicy:
@@ -70,7 +71,7 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
                   reactor: Any = None, *, log_debug: bool = False,
                   io_threads: int = IO_THREADS,
                   worker: tuple[int, int] = (0, 1),
-                  local_process: bool = False) -> ServerContext:
+                  local_process: bool = False, local_nice: int = 0) -> ServerContext:
     """Open the store (creating missing tables, refusing a newer schema) and the portal.
 
     Blocking: called once from ``makeService`` before the reactor runs, so a
@@ -88,7 +89,7 @@ def build_context(paths: Paths, environ: Mapping[str, str], checkers: list | Non
                             environ=environ, reactor=reactor, log_debug=log_debug,
                             io_pool=ThreadPool(minthreads=0, maxthreads=io_threads,
                                                name="indimail-io"), worker=worker,
-                            local_process=local_process)
+                            local_process=local_process, local_nice=local_nice)
     _bind(context)
     config.subscribe(lambda _settings: _bind(context))
     return context

@@ -42,6 +42,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "Where local deliveries run: 'process', a helper process the server starts "
          "(as qmail-send uses qmail-lspawn), so that delivering runs on another core "
          "while the server receives; or 'inline', in the server's own threads"],
+        ["local-delivery-nice", None, 10,
+         "How much nicer (lower CPU priority, 0-19) the local delivery process runs: "
+         "where receiving and delivering compete for a CPU, receiving goes first", int],
         ["worker-index", None, 0,
          "(internal: set by --workers for the processes it starts)", int],
         ["listen-fds", None, None,
@@ -82,6 +85,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--workers: at least 1")
         if self["local-delivery"] not in ("process", "inline"):
             raise usage.UsageError("--local-delivery: 'process' or 'inline'")
+        if not 0 <= self["local-delivery-nice"] <= 19:
+            raise usage.UsageError("--local-delivery-nice: between 0 and 19")
         if not 0 <= self["worker-index"] < self["workers"]:
             raise usage.UsageError("--worker-index: between 0 and --workers - 1")
         fds = self["listen-fds"]
@@ -126,7 +131,8 @@ def makeService(options: Options):  # noqa: N802
         context = build_context(paths, environ, options.get("credCheckers") or None,
                                 log_debug=bool(options["log-debug"]),
                                 io_threads=options["io-threads"], worker=(index, workers),
-                                local_process=options["local-delivery"] == "process")
+                                local_process=options["local-delivery"] == "process",
+                                local_nice=options["local-delivery-nice"])
     except (StoreError, ConfigError, OSError) as e:
         raise SystemExit(f"indimail: cannot start: {e}") from None
     count = context.config.current.queue_count

@@ -178,6 +178,7 @@ class MakeServiceTests(unittest.TestCase):
         from indimail_tw.queue.envelope import Envelope
 
         self.assertRaises(usage.UsageError, self.options, "--local-delivery", "thread")
+        self.assertRaises(usage.UsageError, self.options, "--local-delivery-nice", "20")
         inline = makeService(self.options("--local-delivery", "inline"))
         self.assertIsInstance(inline.context.local_agent, LocalDeliveryAgent)
         inline.context.engine.close()
@@ -190,6 +191,7 @@ class MakeServiceTests(unittest.TestCase):
         spawn = service.context.local_agent
         self.assertIsInstance(spawn, LocalSpawn)
         self.assertEqual(spawn.command[spawn.command.index("--root") + 1], self.root)
+        self.assertEqual(spawn.command[spawn.command.index("--nice") + 1], "10")
         new = os.path.join(self.root, "mail")
         service.startService()
         try:

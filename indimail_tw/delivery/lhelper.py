@@ -1,12 +1,13 @@
 """The local delivery helper process, started by :class:`~indimail_tw.delivery.lspawn.LocalSpawn`.
 
-    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--log-debug]
+    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--nice N] [--log-debug]
 
 It runs the :class:`~indimail_tw.delivery.local.LocalDeliveryAgent` of the
 installation at ROOT (its own settings, store connection and threads) for the
 requests the server writes on its stdin, and writes each result on its stdout
 (:mod:`indimail_tw.delivery.wire`); forwards go back to the server, which queues
-them.  Log events go to fd 3 as JSON.  SIGHUP reloads the control files and
+them.  ``--nice N`` lowers its CPU priority by N before anything else (every
+thread it starts inherits it).  Log events go to fd 3 as JSON.  SIGHUP reloads the control files and
 forgets cached users; SIGINT and SIGTERM are ignored (they reach the whole
 process group when the server is stopped from a terminal or by a service
 manager, and the server stops the helper itself): the helper stops once its stdin
@@ -128,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                                 description="local delivery helper (started by the server)")
     p.add_argument("--root", required=True)
     p.add_argument("--control-dir", required=True)
+    p.add_argument("--nice", type=int, default=0)
     p.add_argument("--log-debug", action="store_true")
     args = p.parse_args(argv)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError as e:                    # a limit or a sandbox: run as we are
+            print(f"lhelper: cannot lower its priority: {e}", file=sys.stderr)
 
     from twisted.internet import reactor, stdio
     from twisted.logger import globalLogBeginner

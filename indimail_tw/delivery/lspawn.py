@@ -11,7 +11,11 @@ request to queue a new message, which the server commits into its queue.
 
 Why a process: in one process receiving and delivering take turns on one core
 (one interpreter lock), so under load each waits for the other.  With the
-helper, deliveries run on another core while the server receives.
+helper, deliveries run on another core while the server receives.  The helper
+runs ``nice``d (``--local-delivery-nice``, default 10): where the two compete
+for a CPU, receiving (whose latency the sending MTA sees) goes first and
+delivery takes what is left; under a sustained overload the queue grows
+instead of receiving slowing down.
 
 The helper is started with the service and started again when it dies (after
 :data:`RESTART_DELAYS`); deliveries it had not answered get a temporary failure
@@ -24,6 +28,7 @@ the server logs as its own, and it stops when its stdin reaches its end.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,10 +54,13 @@ LOST = DeliveryResult.temporary(
     "The local delivery process exited before answering. (#4.3.0)", "4.3.0")
 
 
-def helper_command(root: str, control_dir: str, *, log_debug: bool = False) -> list[str]:
+def helper_command(root: str, control_dir: str, *, log_debug: bool = False,
+                   nice: int = 0) -> list[str]:
     """The argv of the helper for the installation at ``root``."""
     argv = [sys.executable, "-m", "indimail_tw.delivery.lhelper", "--root", root,
             "--control-dir", control_dir]
+    if nice:
+        argv += ["--nice", str(nice)]
     return [*argv, "--log-debug"] if log_debug else argv
 
 
@@ -122,6 +130,11 @@ class LocalSpawn:
             self._restart.cancel()
         self._restart = None
         if self.process is None:
+            # requests made while no helper ran will not be sent now
+            self._unsent = []
+            waiting, self._waiting = self._waiting, {}
+            for d in waiting.values():
+                d.callback(LOST)
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._ended.append(d)
@@ -281,5 +294,20 @@ def build_local_spawn(context: Any) -> LocalSpawn:
         from twisted.internet import reactor
     paths = context.paths
     command = helper_command(paths.root, paths.control,
-                             log_debug=getattr(context, "log_debug", False))
-    return LocalSpawn(reactor, command, context.environ, lambda: context.queue)
+                             log_debug=getattr(context, "log_debug", False),
+                             nice=getattr(context, "local_nice", 0))
+    return LocalSpawn(reactor, command, helper_environ(context.environ),
+                      lambda: context.queue)
+
+
+def helper_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment, with the directory this package was imported from
+    first on PYTHONPATH: the helper runs the same code as the server, wherever
+    that came from (an installed package, a source tree, a tac file's path)."""
+    import indimail_tw
+
+    env = dict(environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(indimail_tw.__file__)))
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
+    env["PYTHONPATH"] = os.pathsep.join([here, *rest])
+    return env

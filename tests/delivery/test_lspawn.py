@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from indimail_tw.delivery import lhelper, wire
 from indimail_tw.delivery.lspawn import (
-    LOG_FD, LOST, RESTART_DELAYS, STOP_GRACE, LocalSpawn, helper_command,
+    LOG_FD, LOST, RESTART_DELAYS, STOP_GRACE, LocalSpawn, helper_command, helper_environ,
 )
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.errors import MailError
@@ -141,6 +141,7 @@ class LocalSpawnTests(unittest.TestCase):
         self.assertEqual(argv, [sys.executable, "-m", "indimail_tw.delivery.lhelper",
                                 "--root", "/r", "--control-dir", "/r/control",
                                 "--log-debug"])
+        self.assertEqual(helper_command("/r", "/c", nice=7)[-2:], ["--nice", "7"])
 
     def test_delivery_is_a_request_and_its_answer(self):
         process = self.started()
@@ -297,6 +298,22 @@ class LocalSpawnTests(unittest.TestCase):
         self.reactor.advance(STOP_GRACE)
         self.assertEqual(process.signals, ["KILL"])
 
+    def test_stop_answers_requests_that_were_never_sent(self):
+        results = []
+        self.spawn.deliver(queued(), Recipient("a@example.com")).addCallback(results.append)
+        self.assertIsNone(self.successResultOf(self.spawn.stop()))
+        self.assertEqual(results, [LOST])
+        self.spawn.start()
+        self.assertEqual(self.reactor.processes[-1].written, b"")
+
+    def test_the_helper_imports_the_servers_code(self):
+        import indimail_tw
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(indimail_tw.__file__)))
+        env = helper_environ({"PYTHONPATH": f"/x{os.pathsep}{here}", "A": "1"})
+        self.assertEqual(env, {"PYTHONPATH": f"{here}{os.pathsep}/x", "A": "1"})
+        self.assertEqual(helper_environ({})["PYTHONPATH"], here)
+
     def test_stop_cancels_a_pending_restart(self):
         self.started().exit(1)
         self.assertIsNone(self.successResultOf(self.spawn.stop()))
@@ -417,10 +434,8 @@ class RealHelperTests(unittest.TestCase):
         self.paths = site.paths
         site.close()
         self.queue = FakeQueue()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.spawn = LocalSpawn(reactor, helper_command(self.paths.root, self.paths.control),
-                                env, lambda: self.queue)
+                                helper_environ(os.environ), lambda: self.queue)
         self.addCleanup(self.spawn.stop)
 
     def message(self, body: bytes = b"Subject: hi\n\nhello\n") -> QueuedMessage:
@@ -464,6 +479,16 @@ class RealHelperTests(unittest.TestCase):
         yield self.spawn.stop()
         self.assertIsNone(self.spawn.process)
         self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_the_helper_runs_nicer_when_asked(self):
+        self.spawn.command = helper_command(self.paths.root, self.paths.control, nice=7)
+        self.spawn.start()
+        result = yield self.spawn.deliver(self.message(), Recipient("alice@example.com"))
+        self.assertTrue(result.is_ok, result)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        self.assertEqual(os.getpriority(os.PRIO_PROCESS, self.spawn.process.pid),
+                         min(19, mine + 7))
 
     @defer.inlineCallbacks
     def test_sighup_reloads_the_helpers_settings(self):
