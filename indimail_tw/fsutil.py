@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import socket
+import struct
 import time
 import threading
 from collections.abc import Iterable, Sequence
@@ -240,19 +241,31 @@ def fsync_all(fds: Sequence[int]) -> list[OSError | None]:
 
     For a batch of written files (a queue commit batch, a batch of Maildir
     deliveries): the fsyncs run at the same time, so the block layer can merge
-    their cache flushes instead of serving them one by one.  With glibc they are
-    POSIX AIO requests (``aio_fsync``), served by the C library's own threads:
-    the caller gives up the interpreter lock once to wait for all of them,
-    where a pool of Python threads would each take it back after every fsync
-    (with the other threads of a busy server waiting on it, every such hand-over
-    is a pair of context switches).  Elsewhere a small pool of Python threads
-    does the same.
+    their cache flushes instead of serving them one by one.  On Linux they are
+    io_uring requests (:class:`_Uring`): one system call submits all of them and
+    waits for all of them, so the caller gives up the interpreter lock once and
+    no thread of ours wakes up per file.  Where io_uring is not available (an
+    old kernel, a sandbox that forbids it, ``INDIMAIL_NO_URING``) they are POSIX
+    AIO requests (``aio_fsync``), served by the C library's own threads (the
+    caller still waits once, but each request wakes or starts one of them).
+    Elsewhere a small pool of Python threads does the same.
     """
     if len(fds) <= 1:
         return [_fsync_one(fd) for fd in fds]
+    if fsync_file is not _FSYNC_FILE:       # replaced (fault injection in tests):
+        return _fsync_in_pool(fds)           # every call goes through it
+    rings = _uring()
+    if rings is not None:
+        done = rings.fsync_all(fds)
+        if done is not None:
+            return done
     aio = _aio()
-    if aio is not None and fsync_file is _FSYNC_FILE:   # replaced (fault injection in
-        return aio.fsync_all(fds)                        # tests): every call goes through it
+    if aio is not None:
+        return aio.fsync_all(fds)
+    return _fsync_in_pool(fds)
+
+
+def _fsync_in_pool(fds: Sequence[int]) -> list[OSError | None]:
     global _fsync_pool
     if _fsync_pool is None:
         with _fsync_pool_lock:
@@ -286,6 +299,184 @@ def _fsync_one(fd: int) -> OSError | None:
     except OSError as e:
         return e
     return None
+
+
+_URING_UNSET: Any = object()
+_uring_state: Any = _URING_UNSET
+
+
+def _uring() -> Any:
+    global _uring_state
+    if _uring_state is _URING_UNSET:
+        _uring_state = _load_uring()
+    return _uring_state
+
+
+def _load_uring() -> Any:
+    """The io_uring rings, or None where they cannot be used (or are not wanted)."""
+    import platform
+    import sys
+
+    # x86_64 only: its stores are not reordered with each other, so filling a
+    # submission entry and then moving the ring's tail needs no barrier.
+    if (not sys.platform.startswith("linux") or platform.machine() != "x86_64"
+            or os.environ.get("INDIMAIL_NO_URING")):
+        return None
+    rings = _UringPool()
+    try:
+        rings.give(rings.take())      # the kernel lets us make one: keep it
+    except (OSError, AttributeError, ImportError, ValueError):
+        return None
+    os.register_at_fork(after_in_child=rings.forget)
+    return rings
+
+
+class _UringPool:
+    """io_uring instances for :func:`fsync_all`, one per concurrent caller (a ring is
+    used by one thread at a time), kept for reuse; a forked child starts afresh."""
+
+    def __init__(self) -> None:
+        self._free: list[_Uring] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Uring:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return _Uring()
+
+    def give(self, ring: _Uring) -> None:
+        with self._lock:
+            self._free.append(ring)
+
+    def forget(self) -> None:
+        """In a forked child: the rings are the parent's; never touch them."""
+        self._free = []
+        self._lock = threading.Lock()
+
+    def fsync_all(self, fds: Sequence[int]) -> list[OSError | None] | None:
+        """One result per fd, or None if io_uring failed before anything was
+        submitted (the caller then uses another way)."""
+        try:
+            ring = self.take()
+        except OSError:
+            return None
+        out: list[OSError | None] = []
+        try:
+            for start in range(0, len(fds), ring.entries):
+                out += ring.fsync_all(fds[start:start + ring.entries])
+        except _RingBroken:
+            ring.close()                # not reused: what it holds is unknown
+            # the fds of the part that failed: fsync them here, one by one
+            return out + [_fsync_one(fd) for fd in fds[len(out):]]
+        self.give(ring)
+        return out
+
+
+class _RingBroken(Exception):
+    """io_uring_enter failed: which of the batch's fsyncs ran is not known."""
+
+
+class _Uring:
+    """One io_uring (Linux 5.1+) used to fsync batches of files: ``fsync_all``
+    fills one submission entry (IORING_OP_FSYNC) per fd, then one
+    ``io_uring_enter`` submits them and waits until all have completed; the
+    kernel runs them at the same time in its own workers.
+
+    The rings are shared memory (``mmap``) laid out by the kernel; the offsets of
+    their fields come from ``io_uring_setup`` (``struct io_uring_params``)."""
+
+    SETUP, ENTER = 425, 426                 # x86_64 system call numbers
+    OFF_SQ_RING, OFF_CQ_RING, OFF_SQES = 0, 0x8000000, 0x10000000
+    OP_FSYNC, ENTER_GETEVENTS, FEAT_SINGLE_MMAP = 3, 1, 1
+    ENTRIES = 64
+    SQE = struct.Struct("=BBHiQQIIQ24x")    # opcode flags ioprio fd off addr len op_flags user_data
+    CQE = struct.Struct("=QiI")             # user_data res flags
+    U32 = struct.Struct("=I")
+
+    def __init__(self) -> None:
+        import ctypes
+        import mmap
+
+        self.ctypes = ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.syscall = libc.syscall         # gives up the interpreter lock while it waits
+        self.syscall.restype = ctypes.c_long
+        params = ctypes.create_string_buffer(120)
+        fd = self.syscall(self.SETUP, ctypes.c_uint(self.ENTRIES), params)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
+        self.maps: list[Any] = []
+        try:
+            raw = params.raw
+            sq_entries, cq_entries, _, _, _, features = struct.unpack_from("=6I", raw, 0)
+            sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("=7I", raw, 40)
+            cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("=6I", raw, 80)
+            shared = mmap.MAP_SHARED
+            rw = mmap.PROT_READ | mmap.PROT_WRITE
+            sq_size, cq_size = sq_array + sq_entries * 4, cqes + cq_entries * 16
+            if features & self.FEAT_SINGLE_MMAP:
+                self.sq = self.cq = mmap.mmap(fd, max(sq_size, cq_size), shared, rw,
+                                              offset=self.OFF_SQ_RING)
+                self.maps.append(self.sq)
+            else:
+                self.sq = mmap.mmap(fd, sq_size, shared, rw, offset=self.OFF_SQ_RING)
+                self.maps.append(self.sq)
+                self.cq = mmap.mmap(fd, cq_size, shared, rw, offset=self.OFF_CQ_RING)
+                self.maps.append(self.cq)
+            self.sqes = mmap.mmap(fd, sq_entries * self.SQE.size, shared, rw,
+                                  offset=self.OFF_SQES)
+            self.maps.append(self.sqes)
+        except BaseException:
+            self.close()
+            raise
+        self.entries = min(sq_entries, cq_entries)
+        self.sq_head, self.sq_tail, self.sq_array = sq_head, sq_tail, sq_array
+        self.sq_mask = self.U32.unpack_from(self.sq, sq_mask)[0]
+        self.cq_head, self.cq_tail, self.cqes = cq_head, cq_tail, cqes
+        self.cq_mask = self.U32.unpack_from(self.cq, cq_mask)[0]
+
+    def fsync_all(self, fds: Sequence[int]) -> list[OSError | None]:
+        n = len(fds)
+        u32, sq, cq = self.U32, self.sq, self.cq
+        tail = u32.unpack_from(sq, self.sq_tail)[0]
+        for i, fd in enumerate(fds):
+            slot = (tail + i) & self.sq_mask
+            self.SQE.pack_into(self.sqes, slot * self.SQE.size, self.OP_FSYNC, 0, 0, fd,
+                               0, 0, 0, 0, i)
+            u32.pack_into(sq, self.sq_array + 4 * slot, slot)
+        u32.pack_into(sq, self.sq_tail, (tail + n) & 0xFFFFFFFF)   # published
+        out: list[OSError | None] = [None] * n
+        done, to_submit = 0, n
+        while done < n:
+            got = self.syscall(self.ENTER, self.fd, to_submit, n - done,
+                               self.ENTER_GETEVENTS, None, 0)
+            if got < 0:
+                if self.ctypes.get_errno() == errno.EINTR:
+                    continue
+                raise _RingBroken()
+            to_submit = max(0, to_submit - got)
+            head = u32.unpack_from(cq, self.cq_head)[0]
+            end = u32.unpack_from(cq, self.cq_tail)[0]
+            while head != end:
+                index, result, _ = self.CQE.unpack_from(
+                    cq, self.cqes + self.CQE.size * (head & self.cq_mask))
+                if result < 0:
+                    out[index] = OSError(-result, os.strerror(-result))
+                head = (head + 1) & 0xFFFFFFFF
+                done += 1
+            u32.pack_into(cq, self.cq_head, head)
+        return out
+
+    def close(self) -> None:
+        for m in self.maps:
+            with contextlib.suppress(Exception):
+                m.close()
+        self.maps = []
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 _AIO_UNSET: Any = object()

@@ -40,53 +40,6 @@ def test_a_forked_child_uses_its_own_pid():
     assert NAME.match(name).group(3) == str(pid)
 
 
-def test_fsync_all_reports_each_fds_error(tmp_path):
-    """Several fds at once (glibc AIO where there is one, else a thread pool): one
-    entry per fd, the error of a bad fd in its place and the others synced."""
-    import errno
-
-    from indimail_tw import fsutil
-
-    fds = [os.open(str(tmp_path / f"f{i}"), os.O_WRONLY | os.O_CREAT, 0o600) for i in range(5)]
-    bad = fds[2]
-    os.close(bad)
-    try:
-        for fd in fds:
-            if fd != bad:
-                os.write(fd, b"data")
-        results = fsutil.fsync_all(fds)
-        assert [r is None for r in results] == [True, True, False, True, True]
-        assert results[2].errno == errno.EBADF
-    finally:
-        for fd in fds:
-            if fd != bad:
-                os.close(fd)
-
-
-def test_fsync_all_without_aio_uses_the_thread_pool(tmp_path, monkeypatch):
-    from indimail_tw import fsutil
-
-    monkeypatch.setattr(fsutil, "_aio_state", None)
-    fds = [os.open(str(tmp_path / f"f{i}"), os.O_WRONLY | os.O_CREAT, 0o600) for i in range(3)]
-    try:
-        assert fsutil.fsync_all(fds) == [None, None, None]
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def test_fsync_dirs_at_once_raises_the_first_error(tmp_path):
-    from indimail_tw import fsutil
-
-    fsutil.fsync_dirs_at_once([str(tmp_path), str(tmp_path)])
-    try:
-        fsutil.fsync_dirs_at_once([str(tmp_path), str(tmp_path / "missing")])
-    except FileNotFoundError:
-        pass
-    else:
-        raise AssertionError("a missing directory must raise")
-
-
 def test_rename_noreplace_never_replaces(tmp_path):
     import pytest
 
