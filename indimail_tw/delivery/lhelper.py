@@ -173,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         config.reload()
 
     def signals() -> None:
-        # after the reactor's own handlers (SIGCHLD is needed by program deliveries)
+        # after the reactor's own handlers (SIGCHLD is needed by program deliveries).
+        # SIGINT and SIGTERM are caught and dropped, not SIG_IGN: an ignored signal
+        # would stay ignored in the programs that deliveries run.
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: None)
 
     pool.start()
     reactor.callWhenRunning(signals)

@@ -481,6 +481,30 @@ class RealHelperTests(unittest.TestCase):
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
+    def test_sigterm_does_not_stop_the_helper_nor_stay_ignored_in_programs(self):
+        from indimail_tw.storage.store import REPOS
+        from indimail_tw.admin.site import Site
+
+        out = os.path.join(self.root, "sigign")
+        site = Site.resolve(self.root, {})
+        site.write(REPOS.aliases.add, "prog", "example.com",
+                   f"| grep SigIgn /proc/self/status > {out}")
+        site.close()
+        self.spawn.start()
+        result = yield self.spawn.deliver(self.message(), Recipient("alice@example.com"))
+        self.assertTrue(result.is_ok, result)
+        pid = self.spawn.process.pid
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        result = yield self.spawn.deliver(self.message(), Recipient("prog@example.com"))
+        self.assertTrue(result.is_ok, result)
+        self.assertEqual(self.spawn.process.pid, pid)
+        with open(out) as f:
+            ignored = int(f.read().split()[1], 16)
+        self.assertFalse(ignored & (1 << (signal.SIGTERM - 1)), hex(ignored))
+        self.assertFalse(ignored & (1 << (signal.SIGINT - 1)), hex(ignored))
+
+    @defer.inlineCallbacks
     def test_the_helper_runs_nicer_when_asked(self):
         self.spawn.command = helper_command(self.paths.root, self.paths.control, nice=7)
         self.spawn.start()
