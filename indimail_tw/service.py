@@ -28,6 +28,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from indimail_tw.backoff import Backoff
 from indimail_tw.auth.checkers import AuthPolicy, ChainChecker, IBindable, StoreChecker
 from indimail_tw.auth.realm import MaildirRealm
 from indimail_tw.config import Config, ControlDir
@@ -467,7 +468,7 @@ class WorkerSupervisor(service.Service):
         self.env = dict(os.environ if env is None else env)
         self.processes: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
-        self.failures: dict[int, int] = {}
+        self.backoff: dict[int, Backoff] = {}
         self._restarts: dict[int, Any] = {}
         self._stopping = False
         self._stopped: list[defer.Deferred] = []
@@ -507,10 +508,8 @@ class WorkerSupervisor(service.Service):
             if not self.processes:
                 self._all_stopped()
             return
-        ran = self.reactor.seconds() - self.started_at.get(index, 0.0)
-        failures = 0 if ran >= STABLE_AFTER else self.failures.get(index, 0) + 1
-        self.failures[index] = failures
-        delay = RESTART_DELAYS[min(max(failures - 1, 0), len(RESTART_DELAYS) - 1)]
+        backoff = self.backoff.setdefault(index, Backoff(RESTART_DELAYS, STABLE_AFTER))
+        delay = backoff.next_delay(self.reactor.seconds() - self.started_at.get(index, 0.0))
         log.error("worker {index}: exited ({reason}); starting it again in {delay:g} s",
                   index=index, reason=reason.getErrorMessage(), delay=delay)
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)

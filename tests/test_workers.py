@@ -274,3 +274,13 @@ class RealWorkersTests(unittest.TestCase):
         self.server.wait(60)
         self.wait_for(lambda: self.worker_pid() is None, 30)
         assert self.log_has("worker 1: stopped")
+
+
+def test_restart_delays_grow_while_a_process_dies_young():
+    from indimail_tw.backoff import Backoff
+
+    backoff = Backoff((1.0, 2.0, 5.0), stable_after=60.0)
+    assert [backoff.next_delay(0.5) for _ in range(5)] == [1.0, 2.0, 5.0, 5.0, 5.0]
+    assert backoff.next_delay(61.0) == 1.0          # ran long enough: from the start
+    assert backoff.next_delay(1.0) == 1.0
+    assert backoff.next_delay(1.0) == 2.0

@@ -37,6 +37,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from indimail_tw.backoff import Backoff
 from indimail_tw.delivery import wire
 from indimail_tw.delivery.local import enqueue_copy
 from indimail_tw.delivery.result import OK, PERMANENT, TEMPORARY, DeliveryResult
@@ -83,7 +84,7 @@ class LocalSpawn:
         self.process: Any = None
         self._proto: _HelperProtocol | None = None
         self._started_at = 0.0
-        self._failures = 0
+        self._backoff = Backoff(RESTART_DELAYS, STABLE_AFTER)
         self._restart: Any = None
         self._running = False
         self._ended: list[defer.Deferred] = []
@@ -177,9 +178,7 @@ class LocalSpawn:
             for d in ended:
                 d.callback(None)
             return
-        ran = self.reactor.seconds() - self._started_at
-        self._failures = 0 if ran >= STABLE_AFTER else self._failures + 1
-        delay = RESTART_DELAYS[min(max(self._failures - 1, 0), len(RESTART_DELAYS) - 1)]
+        delay = self._backoff.next_delay(self.reactor.seconds() - self._started_at)
         log.error("local delivery: helper exited ({reason}); {lost} deliveries in progress "
                   "will be retried; starting it again in {delay:g} s",
                   reason=reason.getErrorMessage(), lost=len(waiting), delay=delay)
