@@ -127,6 +127,8 @@ class RecipientExists(Check):
         self.cache_size = cache_size
         #: lowercased address -> its outcome: None, a Reject or False for unknown
         self._seen = RecentAnswers(cache_seconds, cache_size, now)
+        #: lowercased address -> the Deferreds waiting for its lookup under way
+        self._inflight: dict[str, list[defer.Deferred]] = {}
 
     def applies(self, ctx: SessionContext, domain: str) -> bool:
         settings = ctx.settings
@@ -155,21 +157,36 @@ class RecipientExists(Check):
 
     def _lookup(self, ctx: SessionContext, address: str, local: str,
                 domain: str) -> defer.Deferred:
+        """Look the address up, or join the lookup of it already under way (sessions
+        that miss the cache at the same moment share one lookup and one thread)."""
+        key = address.lower()
+        mine: defer.Deferred = defer.Deferred()
+        mine.addCallback(lambda verdict: self._judged(ctx, address, verdict))
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._inflight[key] = [mine]
         started = self._now()
         if not self._one_job:
             d = self._lookup_async(address, local, domain)
         else:
             d = self.blocking(self._check_now, address, local, domain)
 
-        def failed(failure: Any) -> Reject:
+        def found(verdict: Reject | bool | None) -> Reject | bool | None:
+            self._seen.put(key, verdict, started)
+            return verdict
+
+        def failed(failure: Any) -> Reject:       # answered, not remembered
             log.failure("recipient lookup for {address} failed", failure, address=address)
             return TEMPORARY_DB_ERROR
 
-        def judged(verdict: Reject | bool | None) -> Verdict:
-            self._seen.put(address.lower(), verdict, started)
-            return self._judged(ctx, address, verdict)
+        def answer(verdict: Reject | bool | None) -> None:
+            for waiter in self._inflight.pop(key, ()):
+                waiter.callback(verdict)
 
-        return d.addCallbacks(judged, failed)
+        d.addCallbacks(found, failed).addCallback(answer)
+        return mine
 
     def forget(self) -> None:
         """Drop every remembered lookup (e.g. after the admin changed users)."""

@@ -240,3 +240,51 @@ def test_cache_is_bounded_and_can_be_switched_off(site):
     checks, check = _cached_site_checks(site, now, cache_seconds=0)
     rcpts_to(make_factory(site, checks=checks), "alice@example.com")
     assert not check._seen
+
+
+def test_sessions_that_miss_together_share_one_lookup(site):
+    """RCPTs for an address whose lookup is under way wait for it instead of starting
+    their own (with any casing); each still gets its own verdict."""
+    from twisted.internet import defer
+
+    from indimail_tw.policy import RecipientExists, default_checks
+
+    jobs: list = []
+
+    def blocking(fn, *args):
+        d = defer.Deferred()
+        jobs.append((d, fn, args))
+        return d
+
+    def sessions(*addresses):
+        """New sessions sending one RCPT each at once; their last replies."""
+        checks = default_checks(site.store, site.paths.domains, blocking=blocking)
+        check = next(c for c in checks if isinstance(c, RecipientExists))
+        checks[checks.index(check)] = check = RecipientExists(
+            site.store, site.paths.domains, blocking, now=_Now())
+        factory = make_factory(site, checks=checks)
+        conns = [Conn(factory) for _ in addresses]
+        site.store.calls.clear()
+        for conn, address in zip(conns, addresses, strict=True):
+            ehlo(conn)
+            conn.send(f"MAIL FROM:<s@remote.example>\r\nRCPT TO:<{address}>\r\n")
+        while jobs:
+            d, fn, args = jobs.pop(0)
+            try:
+                d.callback(fn(*args))
+            except Exception:  # noqa: BLE001 -- the store's failure, as a thread's
+                d.errback()
+        assert not check._inflight
+        return [c.lines()[-1] for c in conns], list(site.store.calls), check
+
+    _, alone, _ = sessions("nobody@example.com")
+    replies, together, _ = sessions("nobody@example.com", "NOBODY@example.com")
+    assert replies == [
+        "550 5.1.1 sorry, mailbox <nobody@example.com> is absent on this domain",
+        "550 5.1.1 sorry, mailbox <NOBODY@example.com> is absent on this domain"]
+    assert together == alone                          # one lookup for both
+
+    site.store.fail = StoreUnavailable("down")        # everyone's temporary error,
+    replies, _, check = sessions("carol@example.com", "carol@example.com")
+    assert [r[:9] for r in replies] == ["451 4.3.2"] * 2
+    assert "carol@example.com" not in list(check._seen)   # and not remembered
