@@ -1,18 +1,20 @@
 """The local delivery helper process, started by :class:`~indimail_tw.delivery.lspawn.LocalSpawn`.
 
-    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--nice N] [--log-debug]
+    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--nice N]
 
 It runs the :class:`~indimail_tw.delivery.local.LocalDeliveryAgent` of the
 installation at ROOT (its own settings, store connection and threads) for the
 requests the server writes on its stdin, and writes each result on its stdout
 (:mod:`indimail_tw.delivery.wire`); forwards go back to the server, which queues
 them.  ``--nice N`` lowers its CPU priority by N before anything else (every
-thread it starts inherits it).  Log events go to fd 3 as JSON.  SIGHUP reloads the control files and
-forgets cached users; SIGINT and SIGTERM are ignored (they reach the whole
-process group when the server is stopped from a terminal or by a service
-manager, and the server stops the helper itself): the helper stops once its stdin
-reaches its end and the deliveries in progress are answered.  If it cannot
-start (a damaged control file, no database) it says why on stderr and exits 111.
+thread it starts inherits it).  Log events go to fd 3 as JSON.
+
+SIGHUP reloads the control files and forgets cached users.  SIGINT and SIGTERM
+are caught and dropped (they reach the whole process group when the server is
+stopped from a terminal or by a service manager, and the server stops the
+helper itself): the helper stops once its stdin reaches its end and the
+deliveries in progress are answered.  If it cannot start (a damaged control
+file, no database) it says why on stderr and exits 111.
 """
 
 from __future__ import annotations
@@ -130,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True)
     p.add_argument("--control-dir", required=True)
     p.add_argument("--nice", type=int, default=0)
-    p.add_argument("--log-debug", action="store_true")
     args = p.parse_args(argv)
     if args.nice:
         try:

@@ -55,14 +55,11 @@ LOST = DeliveryResult.temporary(
     "The local delivery process exited before answering. (#4.3.0)", "4.3.0")
 
 
-def helper_command(root: str, control_dir: str, *, log_debug: bool = False,
-                   nice: int = 0) -> list[str]:
+def helper_command(root: str, control_dir: str, *, nice: int = 0) -> list[str]:
     """The argv of the helper for the installation at ``root``."""
     argv = [sys.executable, "-m", "indimail_tw.delivery.lhelper", "--root", root,
             "--control-dir", control_dir]
-    if nice:
-        argv += ["--nice", str(nice)]
-    return [*argv, "--log-debug"] if log_debug else argv
+    return [*argv, "--nice", str(nice)] if nice else argv
 
 
 @implementer(IDeliveryAgent)
@@ -293,7 +290,6 @@ def build_local_spawn(context: Any) -> LocalSpawn:
         from twisted.internet import reactor
     paths = context.paths
     command = helper_command(paths.root, paths.control,
-                             log_debug=getattr(context, "log_debug", False),
                              nice=getattr(context, "local_nice", 0))
     return LocalSpawn(reactor, command, helper_environ(context.environ),
                       lambda: context.queue)

@@ -137,10 +137,9 @@ class LocalSpawnTests(unittest.TestCase):
         return self.reactor.processes[-1]
 
     def test_helper_command(self):
-        argv = helper_command("/r", "/r/control", log_debug=True)
+        argv = helper_command("/r", "/r/control")
         self.assertEqual(argv, [sys.executable, "-m", "indimail_tw.delivery.lhelper",
-                                "--root", "/r", "--control-dir", "/r/control",
-                                "--log-debug"])
+                                "--root", "/r", "--control-dir", "/r/control"])
         self.assertEqual(helper_command("/r", "/c", nice=7)[-2:], ["--nice", "7"])
 
     def test_delivery_is_a_request_and_its_answer(self):
