@@ -19,7 +19,8 @@ SETTLE=${SETTLE:-$(( $(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || ec
 # old roots go first; then the wait lets ext4 reuse their inodes (see run_smtp_bench.sh)
 rm -rf "$BASE"; mkdir -p "$BASE"; sleep "$SETTLE"
 
-ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }   # utime stime of the whole process
+# user and system CPU seconds of the server and its children (the delivery helper)
+ticks() { "$PY" "$HERE/proc_cpu.py" --tree "$1" --user-system; }
 start() {  # root [hold] -> sets PID
     "$PY" "$HERE/bench_root.py" "$1" ${2:+--hold-local}
     env -u QUEUE_COUNT ${OUR_ENV:-} .venv/bin/twistd -n --pidfile= --logfile "$1/twistd.log" \
@@ -37,10 +38,10 @@ load() {  # root with-maildirs
         --size "$SIZE" --domain bench.test --users 10 "${md[@]}"
 }
 report() {  # name rate ticks-before ticks-after
-    "$PY" -c 'import os, sys
+    "$PY" -c 'import sys
 name, rate, (u0, s0), (u1, s1) = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
-tick, n = os.sysconf("SC_CLK_TCK"), int(sys.argv[5])
-user, system = (int(u1) - int(u0)) * 1000 / tick / n, (int(s1) - int(s0)) * 1000 / tick / n
+n = int(sys.argv[5])
+user, system = (float(u1) - float(u0)) * 1000 / n, (float(s1) - float(s0)) * 1000 / n
 print(f"  {name:8} {rate:8.1f} msg/s  cpu/msg {user + system:.3f} ms (user {user:.3f}, system {system:.3f})")' \
         "$@" "$MESSAGES"
 }
