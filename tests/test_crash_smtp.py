@@ -96,6 +96,23 @@ def delivered_ids(maildirs: list[str]) -> list[int]:
     return found
 
 
+def helpers_of(root: str) -> list[int]:
+    """Local delivery helper processes serving ``root`` that are still running."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                zombie = f.read().rpartition(b")")[2].split()[0] == b"Z"
+        except (OSError, IndexError):
+            continue
+        if argv[1:3] == [b"-m", b"indimail_tw.delivery.lhelper"] and root.encode() in argv \
+                and not zombie:
+            found.append(int(pid))
+    return found
+
+
 class CrashTests(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="itw-crash-")
@@ -167,3 +184,11 @@ class CrashTests(unittest.TestCase):
         corrupt = [os.path.join(dp, f) for dp, _dn, files in os.walk(
             os.path.join(self.root, "queue")) if dp.endswith("corrupt") for f in files]
         self.assertEqual(corrupt, [])
+        # the delivery helpers of the killed servers died with them; the last
+        # server's helper stops with it
+        self.server.terminate()
+        self.server.wait(60)
+        deadline = time.monotonic() + 30
+        while helpers_of(self.root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(helpers_of(self.root), [])

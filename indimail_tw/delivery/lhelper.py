@@ -1,6 +1,6 @@
 """The local delivery helper process, started by :class:`~indimail_tw.delivery.lspawn.LocalSpawn`.
 
-    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--nice N]
+    python -m indimail_tw.delivery.lhelper --root ROOT --control-dir DIR [--nice N] [--parent PID]
 
 It runs the :class:`~indimail_tw.delivery.local.LocalDeliveryAgent` of the
 installation at ROOT (its own settings, store connection and threads) for the
@@ -13,7 +13,9 @@ SIGHUP reloads the control files and forgets cached users.  SIGINT and SIGTERM
 are caught and dropped (they reach the whole process group when the server is
 stopped from a terminal or by a service manager, and the server stops the
 helper itself): the helper stops once its stdin reaches its end and the
-deliveries in progress are answered.  If it cannot start (a damaged control
+deliveries in progress are answered.  If the server dies (``--parent``), the
+helper is killed with it, or drops what it reads after that: the server's
+successor makes those deliveries again.  If it cannot start (a damaged control
 file, no database) it says why on stderr and exits 111.
 """
 
@@ -42,8 +44,9 @@ class Channel(protocol.Protocol):
 
     The end of stdin ends the helper once every delivery in progress is answered."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, parent: int | None = None) -> None:
         self.reactor = reactor
+        self.parent = parent      # the server's pid: requests read after it died are dropped
         self.agent: Any = None
         self._buffer = b""
         self._running = 0
@@ -66,6 +69,11 @@ class Channel(protocol.Protocol):
                 self._forwarded(record)
 
     def _deliver(self, record: dict[str, Any]) -> None:
+        if self.parent is not None and os.getppid() != self.parent:
+            # the server died (we were handed to another parent): nobody will read the
+            # answer, and its successor delivers this recipient again; doing it now
+            # would only make a duplicate
+            return
         recipient = wire.recipient_in(record["r"])
         envelope = wire.envelope_in(record["e"])
         envelope.recipients = [recipient]
@@ -126,13 +134,30 @@ class Channel(protocol.Protocol):
             self.reactor.stop()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the server dies (Linux PR_SET_PDEATHSIG): the deliveries in
+    progress are then abandoned, as the server's successor makes them again."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:          # it died before that: nothing to do here
+        raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="indimail_tw.delivery.lhelper",
                                 description="local delivery helper (started by the server)")
     p.add_argument("--root", required=True)
     p.add_argument("--control-dir", required=True)
     p.add_argument("--nice", type=int, default=0)
+    p.add_argument("--parent", type=int, default=0, help="the server's pid")
     args = p.parse_args(argv)
+    parent = args.parent or os.getppid()
+    _die_with_parent(parent)
     if args.nice:
         try:
             os.nice(args.nice)
@@ -165,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                      redirectStandardIO=False)
     store = UserStore(engine, cache_seconds=CACHE_SECONDS)
     pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="indimail-lhelper")
-    channel = Channel(reactor)
+    channel = Channel(reactor, parent)
     channel.agent = LocalDeliveryAgent(store, paths.domains, config, channel,
                                        reactor=reactor, environ=environ, pool=pool)
 

@@ -55,11 +55,15 @@ LOST = DeliveryResult.temporary(
     "The local delivery process exited before answering. (#4.3.0)", "4.3.0")
 
 
-def helper_command(root: str, control_dir: str, *, nice: int = 0) -> list[str]:
-    """The argv of the helper for the installation at ``root``."""
+def helper_command(root: str, control_dir: str, *, nice: int = 0,
+                   parent: int | None = None) -> list[str]:
+    """The argv of the helper for the installation at ``root``, started by the
+    process ``parent`` (it dies with it)."""
     argv = [sys.executable, "-m", "indimail_tw.delivery.lhelper", "--root", root,
             "--control-dir", control_dir]
-    return [*argv, "--nice", str(nice)] if nice else argv
+    if nice:
+        argv += ["--nice", str(nice)]
+    return [*argv, "--parent", str(parent)] if parent else argv
 
 
 @implementer(IDeliveryAgent)
@@ -290,7 +294,7 @@ def build_local_spawn(context: Any) -> LocalSpawn:
         from twisted.internet import reactor
     paths = context.paths
     command = helper_command(paths.root, paths.control,
-                             nice=getattr(context, "local_nice", 0))
+                             nice=getattr(context, "local_nice", 0), parent=os.getpid())
     return LocalSpawn(reactor, command, helper_environ(context.environ),
                       lambda: context.queue)
 

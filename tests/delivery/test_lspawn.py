@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.task import Clock
@@ -141,6 +142,7 @@ class LocalSpawnTests(unittest.TestCase):
         self.assertEqual(argv, [sys.executable, "-m", "indimail_tw.delivery.lhelper",
                                 "--root", "/r", "--control-dir", "/r/control"])
         self.assertEqual(helper_command("/r", "/c", nice=7)[-2:], ["--nice", "7"])
+        self.assertEqual(helper_command("/r", "/c", parent=42)[-2:], ["--parent", "42"])
 
     def test_delivery_is_a_request_and_its_answer(self):
         process = self.started()
@@ -399,6 +401,14 @@ class ChannelTests(unittest.TestCase):
         self.assertEqual(self.reactor.stopped, 1)
         self.assertEqual(len(self.lines()), 1)            # the answer still went out
 
+    def test_requests_read_after_the_server_died_are_dropped(self):
+        self.channel.parent = os.getppid() + 1          # not our parent: it died
+        self.channel.dataReceived(self.request(1))
+        self.assertEqual(self.agent.calls, [])
+        self.channel.parent = os.getppid()
+        self.channel.dataReceived(self.request(2))
+        self.assertEqual(len(self.agent.calls), 1)
+
     def test_lost_connection_fails_waiting_forwards(self):
         got = []
         self.channel.enqueue_copy(envelope(), b"", "/p", 1).addErrback(got.append)
@@ -502,6 +512,36 @@ class RealHelperTests(unittest.TestCase):
             ignored = int(f.read().split()[1], 16)
         self.assertFalse(ignored & (1 << (signal.SIGTERM - 1)), hex(ignored))
         self.assertFalse(ignored & (1 << (signal.SIGINT - 1)), hex(ignored))
+
+    def test_the_helper_dies_with_the_server(self):
+        """Killed with its parent (--parent), even while its stdin stays open: the
+        deliveries it was making are the dead server's successor's to make again."""
+        import subprocess
+
+        from tests.test_crash_smtp import helpers_of
+
+        code = ("import os, subprocess, sys, time\n"
+                "os.dup2(os.open(os.devnull, os.O_WRONLY), 3)\n"      # its log fd
+                "subprocess.Popen(sys.argv[1:] + ['--parent', str(os.getpid())],"
+                " pass_fds=(3,))\n"
+                "time.sleep(60)\n")
+        read, write = os.pipe()               # the helper's stdin, kept open here
+        self.addCleanup(os.close, write)
+        server = subprocess.Popen(
+            [sys.executable, "-c", code, *helper_command(self.paths.root, self.paths.control)],
+            stdin=read, env=helper_environ(os.environ))
+        os.close(read)
+        self.addCleanup(lambda: server.poll() is None and server.kill())
+        deadline = time.monotonic() + 30
+        while not helpers_of(self.root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)                       # started, and still running
+        self.assertEqual(len(helpers_of(self.root)), 1)
+        server.kill()
+        server.wait()
+        while helpers_of(self.root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(helpers_of(self.root), [])
 
     @defer.inlineCallbacks
     def test_the_helper_runs_nicer_when_asked(self):
