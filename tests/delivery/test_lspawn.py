@@ -513,6 +513,31 @@ class RealHelperTests(unittest.TestCase):
         self.assertFalse(ignored & (1 << (signal.SIGTERM - 1)), hex(ignored))
         self.assertFalse(ignored & (1 << (signal.SIGINT - 1)), hex(ignored))
 
+    @defer.inlineCallbacks
+    def test_the_helpers_log_events_reach_the_servers_log(self):
+        from indimail_tw.admin.site import Site
+        from indimail_tw.storage.store import REPOS
+
+        site = Site.resolve(self.root, {})
+        site.write(REPOS.aliases.add, "badline", "example.com", "./Maildir/")
+        site.close()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.spawn.start()
+        result = yield self.spawn.deliver(self.message(), Recipient("badline@example.com"))
+        self.assertTrue(result.is_temporary, result)
+        warned = []
+        for _ in range(100):          # the helper writes its events every FLUSH_DELAY
+            warned = [e for e in events if e.get("rcpt") == "badline@example.com"]
+            if warned:
+                break
+            yield deferLater(0.05)
+        (event,) = warned
+        self.assertEqual(event["log_format"], "bad {origin} line for {rcpt}: {error}")
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn("home directory", event["error"])
+
     def test_the_helper_dies_with_the_server(self):
         """Killed with its parent (--parent), even while its stdin stays open: the
         deliveries it was making are the dead server's successor's to make again."""
