@@ -68,15 +68,16 @@ def test_more_files_than_a_ring_holds(tmp_path, backend):
                 os.close(fd)
 
 
-def test_a_broken_ring_is_dropped_and_the_files_fsynced_one_by_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [fsutil._RingBroken(), ValueError("a bug")])
+def test_a_broken_ring_is_dropped_and_the_files_fsynced_one_by_one(tmp_path, monkeypatch,
+                                                                  error):
     rings = fsutil._uring()
     if rings is None:
         pytest.skip("no io_uring here")
     ring = rings.take()
     rings.give(ring)
     closed = []
-    monkeypatch.setattr(ring, "fsync_all", lambda fds: (_ for _ in ()).throw(
-        fsutil._RingBroken()))
+    monkeypatch.setattr(ring, "fsync_all", lambda fds: (_ for _ in ()).throw(error))
     monkeypatch.setattr(ring, "close", lambda: closed.append(ring))
     synced = []
     monkeypatch.setattr(fsutil, "_fsync_one", lambda fd: synced.append(fd))
@@ -89,6 +90,24 @@ def test_a_broken_ring_is_dropped_and_the_files_fsynced_one_by_one(tmp_path, mon
     assert synced == fds
     assert closed == [ring]
     assert ring not in rings._free
+
+
+def test_no_new_ring_means_another_way(tmp_path, monkeypatch):
+    """A ring that cannot be made now (a memory limit, too many open files): the
+    batch goes through AIO or the thread pool instead."""
+    rings = fsutil._uring()
+    if rings is None:
+        pytest.skip("no io_uring here")
+    monkeypatch.setattr(rings, "_free", [])
+    monkeypatch.setattr(fsutil, "_Uring", lambda: (_ for _ in ()).throw(
+        OSError(errno.ENOMEM, "Cannot allocate memory")))
+    assert rings.fsync_all([0, 1]) is None
+    fds = _files(tmp_path, 3)
+    try:
+        assert fsutil.fsync_all(fds) == [None, None, None]
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_without_io_uring_aio_or_threads_do_it(tmp_path, monkeypatch):
