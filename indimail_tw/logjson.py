@@ -3,7 +3,9 @@ carried to the server as JSON and logged there as the server's own.
 
 The child writes with :func:`json_observer` (one JSON record per event, RS
 separated, as :func:`twisted.logger.jsonFileLogObserver` writes them); the
-server feeds what it reads into a :class:`JSONEventReader`.
+server feeds what it reads into a :class:`JSONEventReader`, and what the child
+writes on its stderr (a traceback, an interpreter's complaint) into a
+:class:`StderrLines`.
 """
 
 from __future__ import annotations
@@ -71,3 +73,23 @@ class JSONEventReader:
                          text=text.decode("utf-8", "replace"))
                 continue
             self.publisher(event)
+
+
+class StderrLines:
+    """Logs each line a child writes on its stderr as an error from ``source``; a line
+    longer than ``limit`` bytes is logged in pieces of that size."""
+
+    def __init__(self, source: str, limit: int = 64 * 1024) -> None:
+        self.source = source
+        self.limit = limit
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        while len(self._buffer) > self.limit:
+            lines.append(self._buffer[:self.limit])
+            self._buffer = self._buffer[self.limit:]
+        for line in lines:
+            log.error("{source}: {line}", source=self.source,
+                      line=line.decode("utf-8", "replace"))

@@ -28,11 +28,11 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from indimail_tw.backoff import Backoff
 from indimail_tw.auth.checkers import AuthPolicy, ChainChecker, IBindable, StoreChecker
 from indimail_tw.auth.realm import MaildirRealm
+from indimail_tw.backoff import Backoff
 from indimail_tw.config import Config, ControlDir
-from indimail_tw.logjson import JSONEventReader
+from indimail_tw.logjson import JSONEventReader, StderrLines
 from indimail_tw.paths import Paths
 from indimail_tw.storage.engine import Engine, open_engine
 from indimail_tw.storage.store import CACHE_SECONDS as STORE_CACHE_SECONDS, UserStore
@@ -553,17 +553,13 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.supervisor = supervisor
         self.index = index
         self._events = JSONEventReader(f"worker {index}")
-        self._err = b""
+        self._err = StderrLines(f"worker {index}")
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802
         self._events.feed(data)
 
     def errReceived(self, data: bytes) -> None:  # noqa: N802
-        self._err += data
-        *lines, self._err = self._err.split(b"\n")
-        for line in lines:
-            log.error("worker {index}: {line}", index=self.index,
-                      line=line.decode("utf-8", "replace"))
+        self._err.feed(data)
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
         self.supervisor.ended(self.index, reason)

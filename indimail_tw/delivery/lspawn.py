@@ -42,7 +42,7 @@ from indimail_tw.delivery import wire
 from indimail_tw.delivery.local import enqueue_copy
 from indimail_tw.delivery.result import OK, PERMANENT, TEMPORARY, DeliveryResult
 from indimail_tw.interfaces import IDeliveryAgent
-from indimail_tw.logjson import JSONEventReader
+from indimail_tw.logjson import JSONEventReader, StderrLines
 
 log = Logger(namespace="indimail_tw.delivery")
 
@@ -249,7 +249,7 @@ class _HelperProtocol(protocol.ProcessProtocol):
     def __init__(self, spawn: LocalSpawn) -> None:
         self.spawn = spawn
         self._out = b""
-        self._err = b""
+        self._err = StderrLines("local delivery helper")
         self._events = JSONEventReader("local delivery helper")
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
@@ -258,11 +258,7 @@ class _HelperProtocol(protocol.ProcessProtocol):
         elif fd == LOG_FD:
             self._events.feed(data)
         else:
-            self._err += data
-            *lines, self._err = self._err.split(b"\n")
-            for text in lines:
-                log.error("local delivery helper: {line}",
-                          line=text.decode("utf-8", "replace"))
+            self._err.feed(data)
 
     def _results(self, data: bytes) -> None:
         self._out += data
