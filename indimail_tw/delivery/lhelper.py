@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     store = UserStore(engine, cache_seconds=CACHE_SECONDS)
     pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="indimail-lhelper")
     channel = Channel(reactor, parent)
-    channel.agent = LocalDeliveryAgent(store, paths.domains, config, channel,
-                                       reactor=reactor, environ=environ, pool=pool)
+    channel.agent = LocalDeliveryAgent(store, paths.domains, config, reactor=reactor,
+                                       environ=environ, pool=pool,
+                                       forward=channel.enqueue_copy)
 
     def reload() -> None:
         store.forget()

@@ -35,6 +35,7 @@ import io
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -121,7 +122,9 @@ class LocalDeliveryAgent:
     ``store`` is the :class:`~indimail_tw.storage.UserStore`; ``domains_dir``
     holds ``<domain>/.qmail-default``; ``settings`` is a Settings snapshot, a
     Config (``.current`` is read per delivery) or a function returning one;
-    ``queue`` an IQueue (or a function returning it) for forwards;
+    ``queue`` an IQueue (or a function returning it) for forwards, or ``forward``
+    queues them instead (``forward(envelope, dtline, path, size)`` ->
+    Deferred[queue id]: the delivery helper asks its server);
     ``environ`` holds the knobs of :class:`LocalOptions`; ``program_env`` the
     base environment of program deliveries (default: PATH only);
     ``clock`` times program deliveries out (default: the reactor); ``pool`` runs
@@ -131,13 +134,15 @@ class LocalDeliveryAgent:
     def __init__(self, store: Any, domains_dir: str, settings: Any, queue: Any = None, *,
                  reactor: Any = None, environ: Mapping[str, str] | None = None,
                  program_env: Mapping[str, str] | None = None, clock: Any = None,
-                 pool: Any = None) -> None:
+                 pool: Any = None,
+                 forward: Callable[..., defer.Deferred] | None = None) -> None:
         self.store = store
         self.domains_dir = domains_dir
         self.domain_files = DomainFiles(domains_dir)
         self.home_qmail = HomeQmail()
         self._settings = _getter(settings)
         self._queue = _getter(queue)
+        self._forward_copy = forward
         self._reactor = reactor
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.program_env = dict(program_env) if program_env is not None else {
@@ -502,10 +507,13 @@ class LocalDeliveryAgent:
 
     async def _forward(self, job: Job, addresses: list[str]) -> DeliveryResult:
         """Queue one new message (our Delivered-To line first) for ``addresses``."""
-        queue = self._queue()
-        if queue is None:
-            return DeliveryResult.temporary("Unable to forward message: no queue. (#4.3.0)",
-                                            "4.3.0")
+        forward = self._forward_copy
+        if forward is None:
+            queue = self._queue()
+            if queue is None:
+                return DeliveryResult.temporary(
+                    "Unable to forward message: no queue. (#4.3.0)", "4.3.0")
+            forward = partial(enqueue_copy, self.reactor, queue)
         original = job.message.envelope
         orcpt = job.recipient.orcpt or f"rfc822;{job.recipient.address}"
         envelope = Envelope(
@@ -515,13 +523,8 @@ class LocalDeliveryAgent:
             ret=original.ret if original else None, envid=original.envid if original else None,
             body=original.body if original else None,
             smtputf8=original.smtputf8 if original else False, protocol="LOCAL")
-        copy = getattr(queue, "enqueue_copy", None)     # the helper process's queue
         try:
-            if copy is not None:
-                queue_id = await copy(envelope, job.dtline, job.message.path, job.message.size)
-            else:
-                queue_id = await enqueue_copy(self.reactor, queue, envelope, job.dtline,
-                                              job.message.path, job.message.size)
+            queue_id = await forward(envelope, job.dtline, job.message.path, job.message.size)
         except OSError as e:
             return DeliveryResult.temporary(f"Unable to read message: {e.strerror}. (#4.3.0)",
                                             "4.3.0")
