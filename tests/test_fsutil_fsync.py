@@ -3,8 +3,10 @@ pool, with one result per file; io_uring's fallbacks and forks."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,44 +30,40 @@ def backend(request, monkeypatch):
     return request.param
 
 
-def _files(tmp_path, count: int) -> list[int]:
+@contextlib.contextmanager
+def _files(tmp_path, count: int, bad: tuple[int, ...] = ()) -> Iterator[list[int]]:
+    """``count`` written files, open; those at the indexes in ``bad`` closed at once
+    (their fds invalid); the others closed at the end."""
     fds = []
     for i in range(count):
         fd = os.open(str(tmp_path / f"f{i}"), os.O_WRONLY | os.O_CREAT, 0o600)
         os.write(fd, b"data")
         fds.append(fd)
-    return fds
-
-
-def test_fsync_all_reports_each_fds_error(tmp_path, backend):
-    fds = _files(tmp_path, 5)        # (the fixture made a ring: it cannot reuse bad's number)
-    bad = fds[2]
-    os.close(bad)
+    for i in bad:
+        os.close(fds[i])
     try:
-        results = fsutil.fsync_all(fds)
-        assert [r is None for r in results] == [True, True, False, True, True]
-        assert results[2].errno == errno.EBADF
+        yield fds
     finally:
-        for fd in fds:
-            if fd != bad:
+        for i, fd in enumerate(fds):
+            if i not in bad:
                 os.close(fd)
 
 
+def test_fsync_all_reports_each_fds_error(tmp_path, backend):
+    # (the fixture made a ring: it cannot take the bad fd's number)
+    with _files(tmp_path, 5, bad=(2,)) as fds:
+        results = fsutil.fsync_all(fds)
+        assert [r is None for r in results] == [True, True, False, True, True]
+        assert results[2].errno == errno.EBADF
+
+
 def test_more_files_than_a_ring_holds(tmp_path, backend):
-    fds = _files(tmp_path, 150)
-    bad = [fds[3], fds[70], fds[149]]
-    for fd in bad:
-        os.close(fd)
-    try:
+    with _files(tmp_path, 150, bad=(3, 70, 149)) as fds:
         results = fsutil.fsync_all(fds)
         assert len(results) == 150
         assert [i for i, r in enumerate(results) if r is not None] == [3, 70, 149]
         assert all(results[i].errno == errno.EBADF for i in (3, 70, 149))
         assert fsutil.fsync_all(fds[:3]) == [None, None, None]     # a ring is reused
-    finally:
-        for fd in fds:
-            if fd not in bad:
-                os.close(fd)
 
 
 @pytest.mark.parametrize("error", [fsutil._RingBroken(), ValueError("a bug")])
@@ -81,12 +79,8 @@ def test_a_broken_ring_is_dropped_and_the_files_fsynced_one_by_one(tmp_path, mon
     monkeypatch.setattr(ring, "close", lambda: closed.append(ring))
     synced = []
     monkeypatch.setattr(fsutil, "_fsync_one", lambda fd: synced.append(fd))
-    fds = _files(tmp_path, 3)
-    try:
+    with _files(tmp_path, 3) as fds:
         assert rings.fsync_all(fds) == [None, None, None]
-    finally:
-        for fd in fds:
-            os.close(fd)
     assert synced == fds
     assert closed == [ring]
     assert ring not in rings._free
@@ -102,12 +96,8 @@ def test_no_new_ring_means_another_way(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "_Uring", lambda: (_ for _ in ()).throw(
         OSError(errno.ENOMEM, "Cannot allocate memory")))
     assert rings.fsync_all([0, 1]) is None
-    fds = _files(tmp_path, 3)
-    try:
+    with _files(tmp_path, 3) as fds:
         assert fsutil.fsync_all(fds) == [None, None, None]
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def test_without_io_uring_aio_or_threads_do_it(tmp_path, monkeypatch):
@@ -121,12 +111,8 @@ def test_without_io_uring_aio_or_threads_do_it(tmp_path, monkeypatch):
     monkeypatch.setenv("INDIMAIL_NO_URING", "1")  # the admin's choice
     monkeypatch.setattr(fsutil, "_uring_state", fsutil._URING_UNSET)
     assert fsutil._uring() is None
-    fds = _files(tmp_path, 3)
-    try:
+    with _files(tmp_path, 3) as fds:
         assert fsutil.fsync_all(fds) == [None, None, None]
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def test_a_forked_child_makes_its_own_rings(tmp_path):
@@ -134,17 +120,12 @@ def test_a_forked_child_makes_its_own_rings(tmp_path):
     if rings is None:
         pytest.skip("no io_uring here")
     rings.give(rings.take())
-    fds = _files(tmp_path, 2)
+    with _files(tmp_path, 2) as fds:
+        def child() -> str:
+            fresh = not fsutil._uring()._free
+            return f"{fresh} {fsutil.fsync_all(fds)}"
 
-    def child() -> str:
-        fresh = not fsutil._uring()._free
-        return f"{fresh} {fsutil.fsync_all(fds)}"
-
-    try:
         _, said = _in_forked_child(child)
-    finally:
-        for fd in fds:
-            os.close(fd)
     assert said == "True [None, None]"
 
 
