@@ -11,11 +11,10 @@ import errno
 import os
 import shutil
 import socket
-import struct
 import time
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 import contextlib
 
 _counter = 0
@@ -242,7 +241,7 @@ def fsync_all(fds: Sequence[int]) -> list[OSError | None]:
     For a batch of written files (a queue commit batch, a batch of Maildir
     deliveries): the fsyncs run at the same time, so the block layer can merge
     their cache flushes instead of serving them one by one.  On Linux they are
-    io_uring requests (:class:`_Uring`): one system call submits all of them and
+    io_uring requests (:mod:`indimail_tw.iouring`): one system call submits all of them and
     waits for all of them, so the caller gives up the interpreter lock once and
     no thread of ours wakes up per file.  Where io_uring is not available (an
     old kernel, a sandbox that forbids it, ``INDIMAIL_NO_URING``) they are POSIX
@@ -256,7 +255,7 @@ def fsync_all(fds: Sequence[int]) -> list[OSError | None]:
         return _fsync_in_pool(fds)           # every call goes through it
     rings = _uring()
     if rings is not None:
-        done = rings.fsync_all(fds)
+        done = _uring_fsync_all(rings, fds)
         if done is not None:
             return done
     aio = _aio()
@@ -313,170 +312,170 @@ def _uring() -> Any:
 
 
 def _load_uring() -> Any:
-    """The io_uring rings, or None where they cannot be used (or are not wanted)."""
-    import platform
-    import sys
-
-    # x86_64 only: its stores are not reordered with each other, so filling a
-    # submission entry and then moving the ring's tail needs no barrier.
-    if (not sys.platform.startswith("linux") or platform.machine() != "x86_64"
-            or os.environ.get("INDIMAIL_NO_URING")):
+    """The pool of io_uring rings, or None where they cannot be used (or are not wanted)."""
+    if os.environ.get("INDIMAIL_NO_URING"):
         return None
-    rings = _UringPool()
+    from indimail_tw import iouring
+
+    return iouring.load_pool()
+
+
+def _uring_fsync_all(rings: Any, fds: Sequence[int]) -> list[OSError | None] | None:
+    """:func:`fsync_all` through io_uring: one result per fd, or None if no ring
+    could be had (the caller then uses another way)."""
+    from indimail_tw.iouring import FSYNC, Op
+
     try:
-        rings.give(rings.take())      # the kernel lets us make one: keep it
-    except (OSError, AttributeError, ImportError, ValueError):
+        ring = rings.take()
+    except Exception:  # noqa: BLE001 -- no ring now (a limit, a sandbox): another way
         return None
-    os.register_at_fork(after_in_child=rings.forget)
-    return rings
+    out: list[OSError | None] = []
+    try:
+        for start in range(0, len(fds), ring.entries):
+            results = ring.run([Op(FSYNC, fd) for fd in fds[start:start + ring.entries]])
+            out += [_os_error(-r) if r < 0 else None for r in results]
+    except Exception:  # noqa: BLE001 -- RingBroken, or a bug: never the batch's failure
+        ring.close()                # not reused: what it holds is unknown
+        # the fds of the part that failed: fsync them here, one by one
+        return out + [_fsync_one(fd) for fd in fds[len(out):]]
+    rings.give(ring)
+    return out
 
 
-class _UringPool:
-    """io_uring instances for :func:`fsync_all`, one per concurrent caller (a ring is
-    used by one thread at a time), kept for reuse; a forked child starts afresh."""
+class NewFile(NamedTuple):
+    """One file of :func:`publish_files_on`."""
 
-    def __init__(self) -> None:
-        self._free: list[_Uring] = []
-        self._lock = threading.Lock()
-
-    def take(self) -> _Uring:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return _Uring()
-
-    def give(self, ring: _Uring) -> None:
-        with self._lock:
-            self._free.append(ring)
-
-    def forget(self) -> None:
-        """In a forked child: the rings are the parent's; never touch them."""
-        self._free = []
-        self._lock = threading.Lock()
-
-    def fsync_all(self, fds: Sequence[int]) -> list[OSError | None] | None:
-        """One result per fd, or None if io_uring failed before anything was
-        submitted (the caller then uses another way)."""
-        try:
-            ring = self.take()
-        except Exception:  # noqa: BLE001 -- no ring now (a limit, a sandbox): another way
-            return None
-        out: list[OSError | None] = []
-        try:
-            for start in range(0, len(fds), ring.entries):
-                out += ring.fsync_all(fds[start:start + ring.entries])
-        except Exception:  # noqa: BLE001 -- _RingBroken, or a bug: never the batch's failure
-            ring.close()                # not reused: what it holds is unknown
-            # the fds of the part that failed: fsync them here, one by one
-            return out + [_fsync_one(fd) for fd in fds[len(out):]]
-        self.give(ring)
-        return out
+    path: str             # written there: a new file (``create``) or an existing one
+    data: bytes           # the file's whole content
+    final: str            # then renamed to this name (never over an existing file)
+    create: bool = False
+    cut: bool = False     # the existing file may be longer than ``data``: cut it
 
 
-class _RingBroken(Exception):
-    """io_uring_enter failed: which of the batch's fsyncs ran is not known."""
+#: Files one :func:`publish_files_on` call takes at most (six requests each fit a ring).
+PUBLISH_MAX = 40
 
 
-class _Uring:
-    """One io_uring (Linux 5.1+) used to fsync batches of files: ``fsync_all``
-    fills one submission entry (IORING_OP_FSYNC) per fd, then one
-    ``io_uring_enter`` submits them and waits until all have completed; the
-    kernel runs them at the same time in its own workers.
+def publish_files_on(ring: Any, files: Sequence[NewFile], directory: str) -> Any:
+    """Write, fsync and rename a batch of new files, then fsync ``directory`` (where
+    every ``final`` name is), all through io_uring's ``ring`` (an
+    :class:`iouring.ReactorRing`): two submissions for the batch, and the
+    reactor never waits.
 
-    The rings are shared memory (``mmap``) laid out by the kernel; the offsets of
-    their fields come from ``io_uring_setup`` (``struct io_uring_params``)."""
+    Each file is opened (created with O_EXCL, or an existing file overwritten from
+    its start), written, cut to size if asked, fsynced and renamed to ``final``
+    (RENAME_NOREPLACE), in that order, each step only after the one before
+    succeeded; once all files are done, ``directory`` is fsynced and the files
+    closed.  Returns None where it cannot be done that way (more than
+    :data:`PUBLISH_MAX` files): the caller then does it its own way.  Otherwise
+    a Deferred firing with one entry per file, None when it has its final name,
+    else the error that stopped it (the file is then still at ``path``, closed,
+    its content unknown); and the error of the directory fsync, None when every
+    renamed file is durable.  It fails when the ring failed: which steps ran is
+    then not known (:func:`unpublish`, in a thread, cleans up).
+    """
+    if not _can_publish(files):
+        return None
+    from twisted.internet import defer
 
-    SETUP, ENTER = 425, 426                 # x86_64 system call numbers
-    OFF_SQ_RING, OFF_CQ_RING, OFF_SQES = 0, 0x8000000, 0x10000000
-    OP_FSYNC, ENTER_GETEVENTS, FEAT_SINGLE_MMAP = 3, 1, 1
-    ENTRIES = 64
-    SQE = struct.Struct("=BBHiQQIIQ24x")    # opcode flags ioprio fd off addr len op_flags user_data
-    CQE = struct.Struct("=QiI")             # user_data res flags
-    U32 = struct.Struct("=I")
+    steps = publish_steps(files, directory, ring.ftruncate)
 
-    def __init__(self) -> None:
-        import ctypes
-        import mmap
+    @defer.inlineCallbacks
+    def drive() -> Any:
+        ops = next(steps)
+        while True:
+            results = yield ring.submit(ops)
+            try:
+                ops = steps.send(results)
+            except StopIteration as end:
+                return end.value
 
-        self.ctypes = ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.syscall = libc.syscall         # gives up the interpreter lock while it waits
-        self.syscall.restype = ctypes.c_long
-        params = ctypes.create_string_buffer(120)
-        fd = self.syscall(self.SETUP, ctypes.c_uint(self.ENTRIES), params)
+    return drive()
+
+
+def _can_publish(files: Sequence[NewFile]) -> bool:
+    # (fsync_file replaced: fault injection in tests, which must see every fsync)
+    return bool(files) and len(files) <= PUBLISH_MAX and fsync_file is _FSYNC_FILE
+
+
+def publish_steps(files: Sequence[NewFile], directory: str, can_cut: bool) -> Any:
+    """The requests of :func:`publish_files_on` as a generator: it yields lists of
+    :class:`iouring.Op`, is sent each list's results, and returns the outcome."""
+    from indimail_tw.iouring import (
+        AT_FDCWD, CLOSE, DRAIN, FSYNC, FTRUNCATE, HARDLINK, LINK, OPENAT, RENAMEAT, WRITE,
+        Op, address)
+
+    keep: list[bytes] = []               # what the kernel reads: alive until the end
+
+    def c_string(path: str) -> int:
+        keep.append(os.fsencode(path))
+        return address(keep[-1])
+
+    base = os.O_WRONLY | os.O_CLOEXEC
+    opens = [Op(OPENAT, AT_FDCWD, 0, c_string(f.path), 0o600,
+                base | (os.O_CREAT | os.O_EXCL if f.create else
+                        os.O_TRUNC if f.cut and not can_cut else 0))
+             for f in files]
+    opens.append(Op(OPENAT, AT_FDCWD, 0, c_string(directory), 0,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    fds = yield opens
+    dir_fd = fds.pop()
+    ops: list[Any] = []
+    steps: list[tuple[int, int]] = []     # (file, its first request) per chain
+    for i, (f, fd) in enumerate(zip(files, fds, strict=True)):
         if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
-        self.maps: list[Any] = []
-        try:
-            raw = params.raw
-            sq_entries, cq_entries, _, _, _, features = struct.unpack_from("=6I", raw, 0)
-            sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("=7I", raw, 40)
-            cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("=6I", raw, 80)
-            shared = mmap.MAP_SHARED
-            rw = mmap.PROT_READ | mmap.PROT_WRITE
-            sq_size, cq_size = sq_array + sq_entries * 4, cqes + cq_entries * 16
-            if features & self.FEAT_SINGLE_MMAP:
-                self.sq = self.cq = mmap.mmap(fd, max(sq_size, cq_size), shared, rw,
-                                              offset=self.OFF_SQ_RING)
-                self.maps.append(self.sq)
-            else:
-                self.sq = mmap.mmap(fd, sq_size, shared, rw, offset=self.OFF_SQ_RING)
-                self.maps.append(self.sq)
-                self.cq = mmap.mmap(fd, cq_size, shared, rw, offset=self.OFF_CQ_RING)
-                self.maps.append(self.cq)
-            self.sqes = mmap.mmap(fd, sq_entries * self.SQE.size, shared, rw,
-                                  offset=self.OFF_SQES)
-            self.maps.append(self.sqes)
-        except BaseException:
-            self.close()
-            raise
-        self.entries = min(sq_entries, cq_entries)
-        self.sq_head, self.sq_tail, self.sq_array = sq_head, sq_tail, sq_array
-        self.sq_mask = self.U32.unpack_from(self.sq, sq_mask)[0]
-        self.cq_head, self.cq_tail, self.cqes = cq_head, cq_tail, cqes
-        self.cq_mask = self.U32.unpack_from(self.cq, cq_mask)[0]
+            continue
+        steps.append((i, len(ops)))
+        keep.append(f.data)
+        ops.append(Op(WRITE, fd, 0, address(f.data), len(f.data), flags=LINK))
+        if f.cut and can_cut:
+            ops.append(Op(FTRUNCATE, fd, len(f.data), flags=LINK))
+        ops += [Op(FSYNC, fd, flags=LINK),
+                Op(RENAMEAT, AT_FDCWD, c_string(f.final), c_string(f.path),
+                   AT_FDCWD & 0xFFFFFFFF, _RENAME_NOREPLACE)]
+    # after every chain: the directory's fsync, then the closes (each runs whatever
+    # happened before it: hard links)
+    tail = [Op(FSYNC, dir_fd)] if dir_fd >= 0 else []
+    tail += [Op(CLOSE, fd) for fd in fds if fd >= 0]
+    if dir_fd >= 0:
+        tail.append(Op(CLOSE, dir_fd))
+    if tail:
+        tail = [op._replace(flags=HARDLINK) for op in tail[:-1]] + tail[-1:]
+        tail[0] = tail[0]._replace(flags=tail[0].flags | DRAIN)
+    done = (yield ops + tail) if ops or tail else []
+    errors: list[OSError | None] = [_os_error(-fd, f.path) if fd < 0 else None
+                                    for f, fd in zip(files, fds, strict=True)]
+    for k, (i, first) in enumerate(steps):
+        last = steps[k + 1][1] if k + 1 < len(steps) else len(ops)
+        chain = done[first:last]
+        failed = [r for r in chain if r < 0 and r != -errno.ECANCELED]
+        if failed:
+            errors[i] = _os_error(-failed[0], files[i].path)
+        elif chain[0] != len(files[i].data) or any(r < 0 for r in chain):
+            errors[i] = OSError(errno.EIO, "short write", files[i].path)  # ends the chain
+    if dir_fd < 0:
+        dir_error: OSError | None = _os_error(-dir_fd, directory)
+    elif tail and done[len(ops)] < 0:
+        dir_error = _os_error(-done[len(ops)], directory)
+    else:
+        dir_error = None
+    return errors, dir_error
 
-    def fsync_all(self, fds: Sequence[int]) -> list[OSError | None]:
-        n = len(fds)
-        u32, sq, cq = self.U32, self.sq, self.cq
-        tail = u32.unpack_from(sq, self.sq_tail)[0]
-        for i, fd in enumerate(fds):
-            slot = (tail + i) & self.sq_mask
-            self.SQE.pack_into(self.sqes, slot * self.SQE.size, self.OP_FSYNC, 0, 0, fd,
-                               0, 0, 0, 0, i)
-            u32.pack_into(sq, self.sq_array + 4 * slot, slot)
-        u32.pack_into(sq, self.sq_tail, (tail + n) & 0xFFFFFFFF)   # published
-        out: list[OSError | None] = [None] * n
-        done, to_submit = 0, n
-        while done < n:
-            got = self.syscall(self.ENTER, self.fd, to_submit, n - done,
-                               self.ENTER_GETEVENTS, None, 0)
-            if got < 0:
-                if self.ctypes.get_errno() == errno.EINTR:
-                    continue
-                raise _RingBroken()
-            to_submit = max(0, to_submit - got)
-            head = u32.unpack_from(cq, self.cq_head)[0]
-            end = u32.unpack_from(cq, self.cq_tail)[0]
-            while head != end:
-                index, result, _ = self.CQE.unpack_from(
-                    cq, self.cqes + self.CQE.size * (head & self.cq_mask))
-                if result < 0:
-                    out[index] = OSError(-result, os.strerror(-result))
-                head = (head + 1) & 0xFFFFFFFF
-                done += 1
-            u32.pack_into(cq, self.cq_head, head)
-        return out
 
-    def close(self) -> None:
-        for m in self.maps:
-            with contextlib.suppress(Exception):
-                m.close()
-        self.maps = []
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+def unpublish(files: Sequence[NewFile], error: Exception) -> list[OSError | None]:
+    """After a ring failed in the middle of :func:`publish_files_on`: which steps ran
+    is not known, so no file counts as published; one that was renamed already
+    (its ``path`` is gone) is taken back out of its final name."""
+    out: list[OSError | None] = []
+    for f in files:
+        if not os.path.lexists(f.path):
+            _unlink_quietly(f.final)
+        out.append(OSError(errno.EIO, f"io_uring failed: {error!r}", f.path))
+    return out
+
+
+def _os_error(err: int, *names: str) -> OSError:
+    return OSError(err, os.strerror(err), *names)
 
 
 _AIO_UNSET: Any = object()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from indimail_tw import fsutil
+from indimail_tw import fsutil, iouring
 from tests.test_fsutil_names import _in_forked_child
 
 
@@ -66,7 +66,7 @@ def test_more_files_than_a_ring_holds(tmp_path, backend):
         assert fsutil.fsync_all(fds[:3]) == [None, None, None]     # a ring is reused
 
 
-@pytest.mark.parametrize("error", [fsutil._RingBroken(), ValueError("a bug")])
+@pytest.mark.parametrize("error", [iouring.RingBroken(), ValueError("a bug")])
 def test_a_broken_ring_is_dropped_and_the_files_fsynced_one_by_one(tmp_path, monkeypatch,
                                                                   error):
     rings = fsutil._uring()
@@ -75,12 +75,12 @@ def test_a_broken_ring_is_dropped_and_the_files_fsynced_one_by_one(tmp_path, mon
     ring = rings.take()
     rings.give(ring)
     closed = []
-    monkeypatch.setattr(ring, "fsync_all", lambda fds: (_ for _ in ()).throw(error))
+    monkeypatch.setattr(ring, "run", lambda ops: (_ for _ in ()).throw(error))
     monkeypatch.setattr(ring, "close", lambda: closed.append(ring))
     synced = []
     monkeypatch.setattr(fsutil, "_fsync_one", lambda fd: synced.append(fd))
     with _files(tmp_path, 3) as fds:
-        assert rings.fsync_all(fds) == [None, None, None]
+        assert fsutil._uring_fsync_all(rings, fds) == [None, None, None]
     assert synced == fds
     assert closed == [ring]
     assert ring not in rings._free
@@ -93,9 +93,9 @@ def test_no_new_ring_means_another_way(tmp_path, monkeypatch):
     if rings is None:
         pytest.skip("no io_uring here")
     monkeypatch.setattr(rings, "_free", [])
-    monkeypatch.setattr(fsutil, "_Uring", lambda: (_ for _ in ()).throw(
+    monkeypatch.setattr(rings, "_make", lambda: (_ for _ in ()).throw(
         OSError(errno.ENOMEM, "Cannot allocate memory")))
-    assert rings.fsync_all([0, 1]) is None
+    assert fsutil._uring_fsync_all(rings, [0, 1]) is None
     with _files(tmp_path, 3) as fds:
         assert fsutil.fsync_all(fds) == [None, None, None]
 
@@ -105,7 +105,7 @@ def test_without_io_uring_aio_or_threads_do_it(tmp_path, monkeypatch):
         raise OSError(errno.EPERM, "io_uring_setup: Operation not permitted")
 
     with monkeypatch.context() as patched:     # a kernel or sandbox that refuses it
-        patched.setattr(fsutil._Uring, "__init__", refused)
+        patched.setattr(iouring.Ring, "__init__", refused)
         patched.setattr(fsutil, "_uring_state", fsutil._URING_UNSET)
         assert fsutil._uring() is None
     monkeypatch.setenv("INDIMAIL_NO_URING", "1")  # the admin's choice

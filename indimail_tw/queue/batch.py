@@ -56,7 +56,8 @@ class ThreadRunner:
 
 
 class SyncRunner:
-    """Runs blocking calls at once, in the caller's thread (unit tests only)."""
+    """Runs calls at once, in the caller's thread: for unit tests, and for a
+    Batcher whose ``process`` does not block (it returns a Deferred)."""
 
     def __call__(self, f: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred:
         return defer.maybeDeferred(f, *args, **kw)

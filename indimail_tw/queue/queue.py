@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from zope.interface import implementer
 from indimail_tw.interfaces import IQueue
 from indimail_tw.logsetup import QuickLogger
 from indimail_tw.queue import records
-from indimail_tw.queue.batch import Batcher, Runner
+from indimail_tw.queue.batch import Batcher, Runner, SyncRunner
 from indimail_tw.queue.envelope import Envelope
 from indimail_tw.queue.message import QueuedMessage
 from indimail_tw.queue.scheduler import Scheduler
@@ -44,7 +45,10 @@ class Queue:
     """One queue directory (e.g. ``queue/queue1``) with its own scheduler.
 
     ``commit_jobs`` commit batches may run at once (each writes and fsyncs its
-    messages one after the other, then shares the directory fsyncs).
+    messages one after the other, then shares the directory fsyncs).  With
+    ``ring`` (an :class:`indimail_tw.iouring.ReactorRing`) the reactor commits
+    messages received in memory through io_uring instead of a thread
+    (:meth:`QueueStore.commit_on`).
     """
 
     def __init__(self, path: str, *, name: str | None = None, clock: Any, run: Runner,
@@ -52,16 +56,24 @@ class Queue:
                  settings: Callable[[], Any], bounce_factory: Callable[..., Any] | None = None,
                  inject: Callable[[Envelope, bytes], defer.Deferred] | None = None,
                  spill_limit: int = SPILL_LIMIT, debug: bool = False,
-                 commit_jobs: int = 1) -> None:
+                 commit_jobs: int = 1, ring: Any = None) -> None:
         self.store = QueueStore(path)
         self.settings = settings
         self.name = name or path.rstrip("/").rpartition("/")[2]
         self.clock = clock
         self.run = run
         self.spill_limit = spill_limit
-        self.committer: Batcher[Prepared | Pending] = Batcher(run, self.store.commit,
-                                                              parallel=commit_jobs)
-        self.journal = _Journal(Batcher(run, self.store.apply), self.name, clock, self.store)
+        self.committer: Batcher[Prepared | Pending]
+        if ring is None:
+            self.committer = Batcher(run, self.store.commit, parallel=commit_jobs)
+        else:                    # io_uring from the reactor (QueueStore.commit_on)
+            self.committer = Batcher(SyncRunner(), partial(self.store.commit_on, ring, run),
+                                     parallel=commit_jobs)
+        if ring is None:
+            journal = Batcher(run, self.store.apply)
+        else:
+            journal = Batcher(SyncRunner(), partial(self.store.apply_on, ring, run))
+        self.journal = _Journal(journal, self.name, clock, self.store)
         self.scheduler = Scheduler(
             self.name, clock=clock, agents=agents, router=router, settings=settings,
             journal=self.journal, run=run,

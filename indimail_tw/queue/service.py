@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from indimail_tw import iouring
 from indimail_tw.queue.batch import ThreadRunner
 from indimail_tw.queue.queue import Queue, QueueSet
 
@@ -38,8 +39,9 @@ class QueueService(service.Service):
 
     def __init__(self, queue_set: QueueSet, *, reactor: Any, pool: ThreadPool | None = None,
                  grace: float = STOP_GRACE,
-                 on_stop: Callable[[], object] | None = None) -> None:
+                 on_stop: Callable[[], object] | None = None, ring: Any = None) -> None:
         self.queue_set = queue_set
+        self.ring = ring
         self.reactor = reactor
         self.pool = pool
         self.grace = grace
@@ -76,6 +78,9 @@ class QueueService(service.Service):
             timer.cancel()
         for queue in queues:
             queue.close()
+        if self.ring is not None:
+            yield self.ring.idle()
+            self.ring.close()
         if self.pool is not None and self.pool.started:
             self.pool.stop()
         log.info("queue: stopped")
@@ -95,7 +100,8 @@ def queue_paths(base: str, start: int, count: int) -> list[str]:
 
 def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str], str], *,
                 bounce_factory: Callable[..., Any] | None = None, strategy: str = "random",
-                threads: int | None = None) -> tuple[QueueSet, QueueService]:
+                threads: int | None = None, commit_ring: bool = True
+                ) -> tuple[QueueSet, QueueService]:
     """The queues of an installation and the service that runs them.
 
     ``context`` is a :class:`indimail_tw.service.ServerContext`.  Queues live in
@@ -105,7 +111,10 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
     ``agents`` maps ``"local"``/``"remote"`` to IDeliveryAgent (or None: keep those
     recipients queued).  Blocking disk work runs in the server's I/O pool (``context.io_pool``,
     started and stopped by the server) when there is one, else in a pool of this
-    service of ``threads`` threads (default: 4 per queue, at least 32).
+    service of ``threads`` threads (default: 4 per queue, at least 32).  With
+    ``commit_ring`` (the default) messages are committed through io_uring from the
+    reactor where the kernel allows it (:func:`iouring.reactor_ring`; not with
+    ``INDIMAIL_NO_URING``), one ring shared by the queues.
     """
     reactor = context.reactor
     if reactor is None:
@@ -120,16 +129,17 @@ def build_queue(context: Any, agents: Mapping[str, Any], router: Callable[[str],
         pool = ThreadPool(minthreads=0, maxthreads=threads or max(32, 4 * len(paths)),
                           name="indimail-queue")
     run = ThreadRunner(reactor, pool)
+    ring = iouring.reactor_ring(reactor) if commit_ring else None
 
     def current() -> Any:
         return context.config.current
 
     queues = [Queue(path, clock=reactor, run=run, agents=agents, router=router,
-                    settings=current, bounce_factory=bounce_factory,
+                    settings=current, bounce_factory=bounce_factory, ring=ring,
                     debug=getattr(context, "log_debug", False)) for path in paths]
     queue_set = QueueSet(queues, strategy=strategy, rng=random.Random(), hold=QUEUE_HOLD)
     unsubscribe = context.config.subscribe(
         lambda _settings: reactor.callFromThread(queue_set.settings_changed))
     return queue_set, QueueService(queue_set, reactor=reactor,
                                    pool=None if shared is not None else pool,
-                                   on_stop=unsubscribe)
+                                   on_stop=unsubscribe, ring=ring)

@@ -1,4 +1,7 @@
-"""One queue directory on disk.  Every method blocks: call them in a thread.
+"""One queue directory on disk.  Every method blocks (call them in a thread), except
+:meth:`QueueStore.commit_on` and :meth:`QueueStore.apply_on`, which the reactor
+calls: they hand the disk work to io_uring (:mod:`indimail_tw.iouring`), whose
+requests run in the kernel's own workers, and never wait for it.
 
 Layout of a queue (``queue/queueN``)::
 
@@ -26,7 +29,11 @@ each ``tmp/NAME`` is renamed to ``mess/ID`` (a new id; never over an existing
 file), and ``mess/`` is fsynced once: only then are the batch's messages
 committed.  Per message that is one file, one fsync and one rename; per batch
 one directory fsync.  A message whose data came from a file object is written
-and fsynced by a job of its own first.
+and fsynced by a job of its own first.  Where io_uring can be had, messages
+received in memory are committed by :meth:`QueueStore.commit_on` instead: the
+same steps as io_uring requests submitted by the reactor (a spare file is
+written where it is and renamed from ``spare/`` straight to ``mess/ID``), so
+that no thread and no hand-over of the interpreter lock is involved.
 
 Removal of a delivered message (``retire`` in :meth:`QueueStore.apply`):
 ``mess/ID`` is moved into ``spare/`` (the message is gone) but held: not reused
@@ -58,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import itertools
 import os
@@ -67,6 +75,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from twisted.python.failure import Failure
 
 from indimail_tw import fsutil
 from indimail_tw.queue import records
@@ -333,7 +343,8 @@ class QueueStore:
         rename each ``tmp/NAME`` to ``mess/ID``, fsync ``mess/`` once.
 
         Returns one entry per message: its Prepared (with its id) when committed,
-        else the error (its file is removed again).
+        else the error (its file is removed again).  (:meth:`commit_on` does the
+        same from the reactor, through io_uring.)
         """
         results: list[Prepared | BaseException] = self._prepare_all(batch)
         moved: list[int] = []
@@ -363,6 +374,117 @@ class QueueStore:
             return results
         self._finish_removals(removals)
         return results
+
+    def commit_on(self, ring: Any, run: Any,
+                  batch: Sequence[Prepared | Pending]) -> Any:
+        """:meth:`commit` from the reactor thread, as a Deferred.
+
+        The messages received in memory (nothing spilled) go through io_uring's
+        ``ring`` (:func:`fsutil.publish_files_on`): each is written into a spare
+        file (or a new one in ``tmp/``), fsynced and renamed to ``mess/ID``, then
+        ``mess/`` is fsynced; the reactor never waits and no thread is involved.
+        The others, and any message that met an error there, are committed by
+        :meth:`commit` through ``run`` (in a thread), which reports the error if
+        it persists; so is whatever a failure leaves to clean up.
+        """
+        from twisted.internet import defer
+
+        whole = [i for i, p in enumerate(batch)
+                 if isinstance(p, Pending) and p.data.fd is None][:fsutil.PUBLISH_MAX]
+        results: list[Any] = [None] * len(batch)
+        plan = self._plan([batch[i] for i in whole]) if whole else None
+        published = fsutil.publish_files_on(ring, plan[0], self.mess) if plan else None
+
+        def settle(outcome: Any) -> Any:
+            if isinstance(outcome, Failure):      # the ring broke: state not known
+                return run(lambda: self._settle(
+                    plan, (fsutil.unpublish(plan[0], outcome.value), None)))
+            if outcome is None or self._settle_blocks(plan, outcome):
+                return run(self._settle, plan, outcome)
+            return self._settle(plan, outcome)
+
+        def rest(outcomes: list[Any]) -> Any:
+            for i, outcome in zip(whole, outcomes, strict=True):
+                results[i] = outcome
+            left = [i for i in range(len(batch)) if results[i] is None]
+            if not left:
+                return results
+            d = run(self.commit, [batch[i] for i in left])
+
+            def merge(more: list[Any]) -> list[Any]:
+                for i, outcome in zip(left, more, strict=True):
+                    results[i] = outcome
+                return results
+            return d.addCallback(merge)
+
+        if published is None:
+            d = settle(None) if plan else defer.succeed([])
+        else:
+            d = published.addBoth(settle)
+        return d.addCallback(rest)
+
+    def _plan(self, batch: Sequence[Pending]) -> tuple[list[fsutil.NewFile], list[Prepared],
+                                                       list[str]]:
+        """The files :func:`fsutil.publish_files_on` writes for ``batch`` (each into a
+        spare file, or a new one in ``tmp/``), the Prepared each becomes, and the
+        removals the fsync of ``mess/`` will make durable."""
+        files, prepared = [], []
+        for p in batch:
+            if p.data.name is None:
+                p.data.name = p.tmp
+            size = p.data.size + len(p.chunk)
+            record = records.encode_envelope(p.envelope, size)
+            data = b"".join((p.chunk, record, records.encode_trailer(len(record))))
+            msg_id = new_id()
+            spare = self.spares.pick()
+            if spare is None:
+                files.append(fsutil.NewFile(os.path.join(self.tmp, p.data.name), data,
+                                            self.mess_path(msg_id), create=True))
+            else:
+                path, old_size = spare
+                files.append(fsutil.NewFile(path, data, self.mess_path(msg_id),
+                                            cut=old_size < 0 or old_size > len(data)))
+            prepared.append(Prepared(msg_id, p.envelope, size, p.data.name,
+                                     p.chunk if len(p.chunk) == size else None, len(data)))
+        return files, prepared, self._take_removals()
+
+    def _settle_blocks(self, plan: Any, outcome: Any) -> bool:
+        """Whether :meth:`_settle` has files to unlink or rename (then it runs in a
+        thread): after an error, or for removals whose state log goes too."""
+        errors, dir_error = outcome
+        return (dir_error is not None or any(e is not None for e in errors)
+                or any(msg_id not in self._no_state for msg_id in plan[2]))
+
+    def _settle(self, plan: Any, outcome: Any) -> list[Prepared | BaseException | None]:
+        """The results of a planned batch (:meth:`_plan`) once io_uring is done
+        (``outcome``: :func:`fsutil.publish_files_on`'s result, None if it could not
+        be done): a Prepared per committed message, None per message to commit
+        the usual way, the error per message that cannot be committed."""
+        files, prepared, removals = plan
+        if outcome is None:
+            self._give_back(removals)
+            for f in files:
+                if not f.create:
+                    self.spares.put_back(f.path)
+            return [None] * len(files)
+        errors, dir_error = outcome
+        if dir_error is None:
+            self._finish_removals(removals)
+        else:
+            self._give_back(removals)
+        out: list[Prepared | BaseException | None] = []
+        for f, p, error in zip(files, prepared, errors, strict=True):
+            if error is not None:
+                _unlink(f.path)                 # what it holds is unknown: written again
+                out.append(None)
+            elif dir_error is not None:
+                _unlink(f.final)
+                out.append(dir_error)
+            else:
+                self._no_state.add(p.id)
+                self._file_sizes[p.id] = p.file_size
+                out.append(p)
+        return out
 
     def _move_in(self, p: Prepared) -> Prepared:
         """Rename ``tmp/NAME`` to ``mess/ID`` under a new id (durable only after the
@@ -469,6 +591,48 @@ class QueueStore:
         if any(op in ("sync", "remove") for op, _, _ in ops):
             self.sync_removals()
         return [errors.get(msg_id) for _, msg_id, _ in ops]
+
+    def apply_on(self, ring: Any, run: Any, ops: Sequence[tuple[str, str, bytes]]) -> Any:
+        """:meth:`apply` from the reactor thread, as a Deferred: a batch that only
+        retires messages this process committed (the usual one: each delivered
+        message's file moves into ``spare/``) goes through io_uring's ``ring``, one
+        rename each; any other batch is applied by ``run`` (in a thread)."""
+        from indimail_tw.iouring import AT_FDCWD, RENAMEAT, Op, address
+
+        sizes, spares = self._file_sizes, self.spares
+        if not ops or any(op != "retire" or sizes.get(msg_id, spares.max_size + 1)
+                          > spares.max_size or msg_id in self._format1
+                          for op, msg_id, _ in ops):
+            return run(self.apply, ops)
+        ids = list(dict.fromkeys(msg_id for _, msg_id, _ in ops))
+        names = [msg_id + ".m" for msg_id in ids]
+        if not spares.reserve(names, [sizes[msg_id] for msg_id in ids]):
+            return run(self.apply, ops)       # the pool is full: apply() unlinks them
+        paths = [os.fsencode(p) for msg_id, name in zip(ids, names, strict=True)
+                 for p in (self.mess_path(msg_id), os.path.join(self.spare_dir, name))]
+        d = ring.submit([Op(RENAMEAT, AT_FDCWD, address(paths[2 * k + 1]), address(paths[2 * k]),
+                            AT_FDCWD & 0xFFFFFFFF) for k in range(len(ids))])
+
+        def done(results: Any) -> list[OSError | None]:
+            del paths[:]                      # (kept alive until the kernel is done)
+            if isinstance(results, Failure):  # the ring broke: which ran is not known
+                results = [-errno.EIO] * len(ids)
+            errors: dict[str, OSError] = {}
+            moved = []
+            for msg_id, name, result in zip(ids, names, results, strict=True):
+                if result == 0 or result == -errno.ENOENT:
+                    moved.append(msg_id)      # (gone already: as apply() does)
+                    if result:
+                        spares.forget(name)
+                else:
+                    spares.forget(name)
+                    errors[msg_id] = OSError(-result, os.strerror(-result),
+                                             self.mess_path(msg_id))
+            with self._removals_lock:
+                self._removals.extend(msg_id for msg_id in moved if msg_id not in errors)
+            return [errors.get(msg_id) for _, msg_id, _ in ops]
+
+        return d.addBoth(done)
 
     def sync_removals(self) -> None:
         """Make the removals so far durable (fsync ``mess/``, and ``info/`` for
@@ -771,12 +935,42 @@ class Spares:
             self._forget(name)
             raise
 
+    def pick(self) -> tuple[str, int] | None:
+        """A spare file to be overwritten where it is (and then renamed away), taken
+        out of the pool: its path and size (-1 when not known); None if there is
+        none.  :meth:`put_back` returns it unused."""
+        with self._lock:
+            if not self._names:
+                return None
+            name = self._names.pop()
+            return os.path.join(self.path, name), self._sizes.pop(name, -1)
+
+    def put_back(self, path: str) -> None:
+        """A file from :meth:`pick`, unused and unchanged."""
+        with self._lock:
+            self._names.append(os.path.basename(path))
+
     def release(self, name: str) -> None:
         """A held file (:meth:`give`) may be reused from now on."""
         with self._lock:
             if name in self._held:
                 self._held.discard(name)
                 self._names.append(name)
+
+    def reserve(self, names: Sequence[str], sizes: Sequence[int]) -> bool:
+        """Make room for files about to be renamed into the pool as ``names`` (of the
+        given sizes), held as :meth:`give` with ``held`` holds them; False (and
+        nothing reserved) when the pool has not room for all.  :meth:`forget`
+        takes back a name whose file did not come."""
+        with self._lock:
+            if len(self._names) + len(self._held) + len(names) > self.limit:
+                return False
+            self._held.update(names)
+            self._sizes.update(zip(names, sizes, strict=True))
+        return True
+
+    def forget(self, name: str) -> None:
+        self._forget(name)
 
     def _forget(self, name: str) -> None:
         with self._lock:

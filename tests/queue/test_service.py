@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from indimail_tw.config import Config, ControlDir
 from indimail_tw.delivery.result import DeliveryResult
 from indimail_tw.paths import Paths
+from indimail_tw import iouring
 from indimail_tw.queue import Envelope, Queue, QueueService, QueueSet, ThreadRunner, build_queue
 from tests.queue.helpers import route_by_domain, settings
 
@@ -54,24 +55,37 @@ def names(path):
 
 
 class ServiceTests(unittest.TestCase):
-    def build(self, n_queues=3, agent=None, grace_clock=None):
+    def build(self, n_queues=3, agent=None, grace_clock=None, ring=None):
         base = self.mktemp()
         pool = ThreadPool(0, 20, "test-queue")
         run = ThreadRunner(reactor, pool)
         snapshot = settings()
         queues = [Queue(os.path.join(base, f"queue{i}"), clock=reactor, run=run,
                         agents={"local": agent, "remote": None}, router=route_by_domain,
-                        settings=lambda: snapshot, bounce_factory=lambda *a, **k: None)
+                        settings=lambda: snapshot, bounce_factory=lambda *a, **k: None,
+                        ring=ring)
                   for i in range(1, n_queues + 1)]
         qs = QueueSet(queues, rng=random.Random(3))
-        svc = QueueService(qs, reactor=grace_clock or reactor, pool=pool)
+        svc = QueueService(qs, reactor=grace_clock or reactor, pool=pool, ring=ring)
         return base, qs, svc
 
-    @defer.inlineCallbacks
     def test_concurrent_messages_are_committed_delivered_and_removed(self):
+        return self.concurrent_messages()
+
+    def test_concurrent_messages_through_io_uring(self):
+        """Commits and removals from the reactor through io_uring (large messages,
+        spilled while received, still commit in threads)."""
+        ring = iouring.reactor_ring(reactor)
+        if ring is None:
+            raise unittest.SkipTest("no io_uring here")
+        d = self.concurrent_messages(ring)
+        return d.addCallback(lambda _: self.assertNotIn(ring, reactor.getReaders()))
+
+    @defer.inlineCallbacks
+    def concurrent_messages(self, ring=None):
         n = 60
         agent = CountingAgent(expect=2 * n)
-        base, qs, svc = self.build(agent=agent)
+        base, qs, svc = self.build(agent=agent, ring=ring)
         svc.startService()
         yield svc.started
         bodies = {}
@@ -138,6 +152,7 @@ class BuildQueueTests(unittest.TestCase):
         ctx = self.context({"QUEUE_COUNT": "3", "QUEUE_START": "2"})
         qs, svc = build_queue(ctx, {"local": None, "remote": None}, route_by_domain)
         assert [q.name for q in qs.queues] == ["queue2", "queue3", "queue4"]
+        ring = svc.ring                     # one io_uring for all of them, where there is one
         svc.startService()
         opened = yield svc.started
         assert opened == 3
@@ -147,6 +162,7 @@ class BuildQueueTests(unittest.TestCase):
         msg_id = yield qs.enqueue(Envelope.simple("s@x", "r@remote.test"), b"hello\n")
         assert any(msg_id in names(q.store.mess) for q in qs.queues)
         yield svc.stopService()
+        assert ring is None or ring not in reactor.getReaders()
 
     @defer.inlineCallbacks
     def test_default_bounce_factory_makes_a_real_bounce(self):
