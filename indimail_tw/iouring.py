@@ -68,10 +68,31 @@ def available() -> bool:
     return sys.platform.startswith("linux") and platform.machine() == "x86_64"
 
 
+def _cast_address(data: bytes) -> int:
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+def _bytes_offset() -> int | None:
+    """Where CPython keeps a bytes object's buffer, from the object's address (its
+    ``id``): a fixed offset, checked here against ctypes; None if it does not hold."""
+    if sys.implementation.name != "cpython":
+        return None
+    offset = bytes.__basicsize__ - 1
+    probes = [b"probe", b"x" * 100, bytes(range(256))]
+    if all(id(p) + offset == _cast_address(p) for p in probes):
+        return offset
+    return None
+
+
+_OFFSET = _bytes_offset()
+
+
 def address(data: bytes) -> int:
     """The address of a bytes object's buffer (valid while the object lives; CPython
     keeps a NUL after the last byte, so a path's bytes are a C string)."""
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    if _OFFSET is not None and type(data) is bytes:
+        return id(data) + _OFFSET
+    return _cast_address(data)
 
 
 class Ring:

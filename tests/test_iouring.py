@@ -214,3 +214,8 @@ def test_an_empty_or_oversized_batch_is_refused():
 def test_no_reactor_ring_where_io_uring_is_not_wanted(monkeypatch):
     monkeypatch.setenv("INDIMAIL_NO_URING", "1")
     assert iouring.reactor_ring(ReadersClock()) is None
+
+
+def test_address_is_where_the_bytes_are():
+    for data in (b"", b"path\0", bytes(range(256)) * 10):
+        assert address(data) == iouring._cast_address(data)

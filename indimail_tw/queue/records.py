@@ -48,10 +48,14 @@ class CorruptRecord(ValueError):
 _KEEP_BYTES = bytes(sorted(_KEEP))
 
 
+#: A text that needs no %XX: ASCII with nothing outside _KEEP (the usual case).
+_PLAIN = re.compile(r"[!-$&-+\--<>-~]*").fullmatch
+
+
 def quote(text: str) -> str:
+    if _PLAIN(text):
+        return text
     raw = text.encode("utf-8", "surrogatepass")
-    if not raw.translate(None, _KEEP_BYTES):        # nothing outside _KEEP (the usual case)
-        return raw.decode("ascii")
     return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in raw)
 
 
@@ -71,6 +75,8 @@ def unquote(text: str) -> str:
 
 
 def encode_value(value: object) -> str:
+    if type(value) is str:                          # the usual case first
+        return "s" + quote(value)
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -104,7 +110,19 @@ def decode_value(text: str) -> object:
 
 
 def encode_line(tag: str, fields: dict[str, object]) -> str:
-    return " ".join([tag] + [f"{quote(k)}={encode_value(v)}" for k, v in fields.items()])
+    keys = _KEYS
+    parts = [tag]
+    for k, v in fields.items():
+        key = keys.get(k)
+        if key is None:
+            key = quote(k) + "="
+            if len(keys) < 256:                     # field names: a small, fixed set
+                keys[k] = key
+        parts.append(key + encode_value(v))
+    return " ".join(parts)
+
+
+_KEYS: dict[str, str] = {}
 
 
 def decode_line(line: str) -> tuple[str, dict[str, object]]:
