@@ -597,7 +597,7 @@ class QueueStore:
         retires messages this process committed (the usual one: each delivered
         message's file moves into ``spare/``) goes through io_uring's ``ring``, one
         rename each; any other batch is applied by ``run`` (in a thread)."""
-        from indimail_tw.iouring import AT_FDCWD, RENAMEAT, Op, address
+        from indimail_tw.iouring import AT_FDCWD, HARDLINK, RENAMEAT, Op, address
 
         sizes, spares = self._file_sizes, self.spares
         if not ops or any(op != "retire" or sizes.get(msg_id, spares.max_size + 1)
@@ -610,8 +610,12 @@ class QueueStore:
             return run(self.apply, ops)       # the pool is full: apply() unlinks them
         paths = [os.fsencode(p) for msg_id, name in zip(ids, names, strict=True)
                  for p in (self.mess_path(msg_id), os.path.join(self.spare_dir, name))]
+        # one after the other, each whatever became of the one before (a hard-linked
+        # chain): one kernel worker for the batch instead of one per message
+        last = len(ids) - 1
         d = ring.submit([Op(RENAMEAT, AT_FDCWD, address(paths[2 * k + 1]), address(paths[2 * k]),
-                            AT_FDCWD & 0xFFFFFFFF) for k in range(len(ids))])
+                            AT_FDCWD & 0xFFFFFFFF, flags=HARDLINK if k < last else 0)
+                         for k in range(len(ids))])
 
         def done(results: Any) -> list[OSError | None]:
             del paths[:]                      # (kept alive until the kernel is done)

@@ -85,6 +85,18 @@ def test_a_retired_file_is_reused_once_a_commit_made_its_removal_durable(store, 
     assert os.path.getsize(store.mess_path(third.id)) == third.file_size
 
 
+def test_each_retire_of_a_batch_happens_whatever_became_of_the_one_before(store, ring):
+    run = Runner()
+    first, second, third = _commit(store, ring, run, b"1\n", b"2\n", b"3\n")
+    os.unlink(store.mess_path(second.id))          # gone behind our back: not an error
+    ops = [("retire", p.id, b"") for p in (first, second, third)]
+    assert pump(ring, store.apply_on(ring, run, ops)) == [None, None, None]
+    assert run.calls == [] and os.listdir(store.mess) == []
+    assert sorted(os.listdir(store.spare_dir)) == sorted([first.id + ".m", third.id + ".m"])
+    _commit(store, ring, run, b"4\n")               # makes the removals durable
+    assert store.pending_removals == 0 and len(store.spares) == 2
+
+
 def test_other_journal_ops_go_to_a_thread(store, ring):
     run = Runner()
     (p,) = _commit(store, ring, run, b"x\n")
