@@ -474,6 +474,87 @@ def unpublish(files: Sequence[NewFile], error: Exception) -> list[OSError | None
     return out
 
 
+class Written(NamedTuple):
+    """One file of :func:`publish_written`: written, open, not yet fsynced."""
+
+    fd: int
+    path: str             # its name now (in a ``tmp/``)
+    final: str            # the name it gets (never replacing a file)
+    directory: str        # where ``final`` is
+
+
+def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
+                                                       OSError | None] | None:
+    """fsync each written file and rename it to its final name (RENAME_NOREPLACE),
+    then fsync each directory once, and close the files: through io_uring, from
+    this thread, in two system calls for the batch.
+
+    For a caller that reports the files delivered only once this has returned
+    without an error, and delivers again otherwise: a renamed file is durable
+    only after its directory's fsync.  Returns None where io_uring cannot do it
+    (the files are untouched, still open: the caller does it its own way).
+    Otherwise one entry per file: None when it has its final name, else the
+    error that stopped it (it is then still at ``path``, fsynced if the error
+    came from the rename, closed); and the first error of a directory fsync.
+    """
+    if not files or fsync_file is not _FSYNC_FILE:       # (fault injection: every fsync)
+        return None
+    directories = list(dict.fromkeys(f.directory for f in files))
+    if 3 * len(files) + 2 * len(directories) > _URING_PUBLISH_OPS:
+        return None
+    rings = _uring()
+    if rings is None:
+        return None
+    from indimail_tw.iouring import (
+        AT_FDCWD, CLOSE, DRAIN, FSYNC, HARDLINK, LINK, OPENAT, RENAMEAT, Op, address)
+
+    try:
+        ring = rings.take()
+    except Exception:  # noqa: BLE001 -- no ring now (a limit, a sandbox): another way
+        return None
+    keep = [os.fsencode(d) for d in directories]
+    try:
+        dir_fds = ring.run([Op(OPENAT, AT_FDCWD, 0, address(d), 0,
+                               os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for d in keep])
+        ops = []
+        for f in files:
+            keep += [os.fsencode(f.final), os.fsencode(f.path)]
+            ops += [Op(FSYNC, f.fd, flags=LINK),
+                    Op(RENAMEAT, AT_FDCWD, address(keep[-2]), address(keep[-1]),
+                       AT_FDCWD & 0xFFFFFFFF, _RENAME_NOREPLACE)]
+        # once every chain is done: each directory's fsync, then every close, one
+        # after the other whatever became of the one before
+        tail = [Op(FSYNC, fd) for fd in dir_fds if fd >= 0]
+        tail += [Op(CLOSE, f.fd) for f in files] + [Op(CLOSE, fd) for fd in dir_fds if fd >= 0]
+        tail = [op._replace(flags=HARDLINK) for op in tail[:-1]] + tail[-1:]
+        tail[0] = tail[0]._replace(flags=tail[0].flags | DRAIN)
+        done = ring.run(ops + tail)
+    except Exception as e:  # noqa: BLE001 -- RingBroken, or a bug
+        ring.close()                      # not reused: what it holds is unknown
+        # which steps ran is not known: none of them counts.  The fds are not closed
+        # here: if the ring closed them, their numbers may be another thread's now
+        for f in files:
+            if not os.path.lexists(f.path):
+                _unlink_quietly(f.final)
+        return [OSError(errno.EIO, f"io_uring failed: {e!r}", f.path) for f in files], None
+    rings.give(ring)
+    errors: list[OSError | None] = []
+    for k, f in enumerate(files):
+        synced, renamed = done[2 * k], done[2 * k + 1]
+        bad = synced if synced < 0 else renamed if renamed < 0 else 0
+        errors.append(_os_error(-bad, f.path) if bad else None)
+    opened = [(fd, d) for fd, d in zip(dir_fds, directories, strict=True) if fd >= 0]
+    synced_dirs = zip(done[len(ops):len(ops) + len(opened)], opened, strict=True)
+    dir_error = next((_os_error(-fd, d) for fd, d in zip(dir_fds, directories, strict=True)
+                      if fd < 0), None) or next(
+        (_os_error(-r, d) for r, (_, d) in synced_dirs if r < 0), None)
+    return errors, dir_error
+
+
+#: Requests :func:`publish_written` puts in one ring at most.
+_URING_PUBLISH_OPS = 250
+
+
 def _os_error(err: int, *names: str) -> OSError:
     return OSError(err, os.strerror(err), *names)
 

@@ -117,3 +117,81 @@ def test_not_through_io_uring_when_it_cannot_or_must_not(dirs, ring, monkeypatch
     monkeypatch.setattr(fsutil, "fsync_file", lambda fd: os.fsync(fd))  # fault injection
     assert fsutil.publish_files_on(ring, one, str(dirs / "mess")) is None  # sees each fsync
     assert os.listdir(dirs / "tmp") == []
+
+
+# -- publish_written: files already written and open (a Maildir delivery batch) ------------
+
+def _written(dirs, name: str, final_dir: str = "new") -> fsutil.Written:
+    path = str(dirs / "tmp" / name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, name.encode())
+    return fsutil.Written(fd, path, str(dirs / final_dir / name.upper()), str(dirs / final_dir))
+
+
+@pytest.fixture
+def boxes(dirs):
+    if fsutil._uring() is None:
+        pytest.skip("no io_uring here")
+    (dirs / "new").mkdir()
+    (dirs / "new2").mkdir()
+    return dirs
+
+
+def test_written_files_are_renamed_into_place_and_closed(boxes):
+    before = _open_fds()
+    files = [_written(boxes, "a"), _written(boxes, "b", "new2"), _written(boxes, "c")]
+    assert _open_fds() != before
+    assert fsutil.publish_written(files) == ([None, None, None], None)
+    assert _open_fds() == before
+    assert sorted(os.listdir(boxes / "new")) == ["A", "C"]
+    assert os.listdir(boxes / "new2") == ["B"] and os.listdir(boxes / "tmp") == []
+    assert (boxes / "new2" / "B").read_bytes() == b"b"
+
+
+def test_a_written_file_whose_name_is_taken_stays_in_tmp(boxes):
+    (boxes / "new" / "A").write_bytes(b"someone else's")
+    before = _open_fds()
+    files = [_written(boxes, "a"), _written(boxes, "b")]
+    errors, dir_error = fsutil.publish_written(files)
+    assert dir_error is None and errors[0].errno == errno.EEXIST and errors[1] is None
+    assert _open_fds() == before
+    assert (boxes / "new" / "A").read_bytes() == b"someone else's"
+    assert os.listdir(boxes / "tmp") == ["a"]
+
+
+def test_a_directory_that_cannot_be_fsynced_is_reported(boxes):
+    files = [_written(boxes, "a"), _written(boxes, "b")]
+    files[1] = files[1]._replace(directory=str(boxes / "gone"))
+    errors, dir_error = fsutil.publish_written(files)
+    assert errors == [None, None] and dir_error.errno == errno.ENOENT
+
+
+def test_written_files_without_io_uring_are_left_to_the_caller(boxes, monkeypatch):
+    files = [_written(boxes, "a")]
+    monkeypatch.setattr(fsutil, "_uring_state", None)
+    assert fsutil.publish_written(files) is None
+    os.fstat(files[0].fd)                            # still open
+    os.close(files[0].fd)
+
+
+def test_a_ring_failing_under_written_files_publishes_none_of_them(boxes, monkeypatch):
+    rings = fsutil._uring()
+    ring = rings.take()
+    real_run, calls, closed = ring.run, [], []
+
+    def run(ops):
+        calls.append(ops)
+        results = real_run(ops)
+        if len(calls) == 2:
+            raise iouring.RingBroken("enter failed")
+        return results
+
+    monkeypatch.setattr(ring, "run", run)
+    monkeypatch.setattr(ring, "close", lambda: closed.append(ring))
+    monkeypatch.setattr(rings, "_free", [ring])
+    before = _open_fds()
+    files = [_written(boxes, "a"), _written(boxes, "b")]
+    errors, dir_error = fsutil.publish_written(files)
+    assert [e.errno for e in errors] == [errno.EIO, errno.EIO] and dir_error is None
+    assert os.listdir(boxes / "new") == [] and _open_fds() == before
+    assert closed == [ring] and ring not in rings._free

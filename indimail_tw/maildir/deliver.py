@@ -3,7 +3,9 @@
 The message is written under a unique name into ``tmp/``, fsynced, then
 linked into ``new/`` as ``<unique>,S=<size>,W=<rfc822 size>`` (qmail's name plus
 Dovecot's ``,W=``) and ``new/`` is fsynced; only then is the delivery reported
-done (:mod:`indimail_tw.fsutil` does the syncing and linking).  A failure at
+done (:mod:`indimail_tw.fsutil` does the syncing and linking).  A batch
+(:func:`shared_syncs`) renames its files into ``new/`` through io_uring instead,
+never over an existing name (:meth:`_Links.publish`).  A failure at
 any step removes the partial file in ``tmp/``; a crash leaves at most a stray
 file in ``tmp/`` that Maildir cleaners remove, never a partial message in ``new/``.
 
@@ -109,17 +111,37 @@ class _Links:
     def publish(self) -> None:
         """fsync every written file (all at once), then link each into ``new/``.
         On any error nothing more is linked, the temporary files are removed and
-        the error raised: the whole batch then fails and is retried."""
+        the error raised: the whole batch then fails and is retried.
+
+        Where io_uring can be had (:func:`fsutil.publish_written`) each file is
+        renamed into ``new/`` instead (never over a file) and every ``new/`` is
+        fsynced, all in two system calls: a crash before that fsync may lose a
+        renamed file, but none of the batch is reported delivered before it, so
+        the queue delivers it again.
+        """
         unsynced, self.unsynced = self.unsynced, []
-        errors = fsutil.fsync_all([u.fd for u in unsynced])
-        for u in unsynced:
-            with suppress(OSError):
-                os.close(u.fd)
-        error = next((e for e in errors if e is not None), None)
+        done = fsutil.publish_written([fsutil.Written(u.fd, u.tmp, u.final, u.new_dir)
+                                       for u in unsynced])
+        if done is None:                    # fsync them all, close them, link them
+            errors = fsutil.fsync_all([u.fd for u in unsynced])
+            for u in unsynced:
+                with suppress(OSError):
+                    os.close(u.fd)
+            error, to_link = next((e for e in errors if e is not None), None), unsynced
+        else:                               # renamed and fsynced, but for the errors
+            errors, error = done
+            to_link = []                    # fsynced, but the name is taken: another one
+            for u, e in zip(unsynced, errors, strict=True):
+                if e is None:
+                    u.tmp = ""
+                elif e.errno == errno.EEXIST:
+                    to_link.append(u)
+                else:
+                    error = error or e
         try:
             if error is not None:
                 raise error
-            for u in unsynced:
+            for u in to_link:
                 if _link_unique(u):
                     self.tmp_paths.append(u.tmp)
                 self.directories[u.new_dir] = None

@@ -219,6 +219,8 @@ def test_shared_syncs_fsync_each_new_directory_once_then_remove_tmp(tmp_path, me
                                                                      monkeypatch):
     from indimail_tw.maildir.deliver import shared_syncs
 
+    monkeypatch.setattr(fsutil, "_uring_state", None)     # links (io_uring renames: below)
+
     boxes = [str(tmp_path / name / "Maildir") for name in ("a", "b")]
     for box in boxes:
         make_maildir(box)
@@ -251,10 +253,53 @@ def test_shared_syncs_failure_keeps_the_tmp_names(maildir, message, monkeypatch)
     def broken(path):
         raise OSError(errno.EIO, "I/O error")
 
+    monkeypatch.setattr(fsutil, "_uring_state", None)     # links (io_uring renames: below)
     with pytest.raises(OSError), shared_syncs():
         deliver(maildir, message)
         monkeypatch.setattr(fsutil, "fsync_dir", broken)
     assert len(listing(maildir, "tmp")) == 1     # the data stays until new/ is durable
+
+
+def test_shared_syncs_through_io_uring_rename_into_new(tmp_path, message, monkeypatch):
+    """Where io_uring can be had, a batch's files are fsynced, renamed into new/ and
+    each new/ fsynced in two system calls: no link, no unlink, no fsync of our own."""
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    if fsutil._uring() is None:
+        pytest.skip("no io_uring here")
+    boxes = [str(tmp_path / name / "Maildir") for name in ("a", "b")]
+    for box in boxes:
+        make_maildir(box)
+    events = []
+    for name in ("fsync_dir", "fsync_dirs_at_once", "link_unsynced"):
+        monkeypatch.setattr(fsutil, name, lambda *a, name=name: events.append(name))
+    monkeypatch.setattr(os, "unlink", lambda path: events.append("unlink"))
+    with shared_syncs():
+        results = [deliver(box, message, HEADER, MESSAGE) for box in boxes + boxes]
+    assert events == []
+    for box in boxes:
+        assert listing(box, "tmp") == [] and len(listing(box, "new")) == 2
+    for result in results:
+        with open(result.path, "rb") as f:
+            assert f.read() == HEADER + MESSAGE
+
+
+def test_shared_syncs_through_io_uring_a_failed_directory_fsync_fails_the_batch(
+        maildir, message, monkeypatch):
+    from indimail_tw.maildir.deliver import shared_syncs
+
+    if fsutil._uring() is None:
+        pytest.skip("no io_uring here")
+    real = fsutil.publish_written
+
+    def dir_fsync_fails(files):
+        errors, _ = real(files)
+        return errors, OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fsutil, "publish_written", dir_fsync_fails)
+    with pytest.raises(OSError), shared_syncs():   # not reported: delivered again
+        deliver(maildir, message, HEADER)
+    assert listing(maildir, "tmp") == []
 
 
 def test_shared_syncs_fsync_every_file_before_any_link(tmp_path, message, monkeypatch):
