@@ -382,9 +382,15 @@ def publish_files_on(ring: Any, files: Sequence[NewFile], directory: str) -> Any
 
     @defer.inlineCallbacks
     def drive() -> Any:
+        from indimail_tw.iouring import ORPHANS
+
         ops = next(steps)
         while True:
-            results = yield ring.submit(ops)
+            try:
+                results = yield ring.submit(ops)
+            except BaseException:
+                ORPHANS.append(steps)         # it holds what the requests point to
+                raise
             try:
                 ops = steps.send(results)
             except StopIteration as end:
@@ -506,7 +512,7 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
     if rings is None:
         return None
     from indimail_tw.iouring import (
-        AT_FDCWD, CLOSE, DRAIN, FSYNC, HARDLINK, LINK, OPENAT, RENAMEAT, Op, address)
+        AT_FDCWD, CLOSE, DRAIN, FSYNC, HARDLINK, LINK, OPENAT, ORPHANS, RENAMEAT, Op, address)
 
     try:
         ring = rings.take()
@@ -531,6 +537,7 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
         done = ring.run(ops + tail)
     except Exception as e:  # noqa: BLE001 -- RingBroken, or a bug
         ring.close()                      # not reused: what it holds is unknown
+        ORPHANS.append(keep)              # the kernel may still read these
         # which steps ran is not known: none of them counts.  The fds are not closed
         # here: if the ring closed them, their numbers may be another thread's now
         for f in files:

@@ -62,6 +62,11 @@ class RingBroken(Exception):
     """``io_uring_enter`` failed: which of the batch's requests ran is not known."""
 
 
+#: What the requests of a broken ring point to (paths, data): kept for good, since
+#: the kernel may still read them.
+ORPHANS: list[Any] = []
+
+
 def available() -> bool:
     """Whether this platform can use :class:`Ring` at all (a kernel or sandbox may
     still refuse to make one)."""

@@ -597,7 +597,7 @@ class QueueStore:
         retires messages this process committed (the usual one: each delivered
         message's file moves into ``spare/``) goes through io_uring's ``ring``, one
         rename each; any other batch is applied by ``run`` (in a thread)."""
-        from indimail_tw.iouring import AT_FDCWD, HARDLINK, RENAMEAT, Op, address
+        from indimail_tw.iouring import AT_FDCWD, HARDLINK, ORPHANS, RENAMEAT, Op, address
 
         sizes, spares = self._file_sizes, self.spares
         if not ops or any(op != "retire" or sizes.get(msg_id, spares.max_size + 1)
@@ -618,8 +618,8 @@ class QueueStore:
                          for k in range(len(ids))])
 
         def done(results: Any) -> list[OSError | None]:
-            del paths[:]                      # (kept alive until the kernel is done)
             if isinstance(results, Failure):  # the ring broke: which ran is not known
+                ORPHANS.append(paths)         # (the kernel may still read them)
                 results = [-errno.EIO] * len(ids)
             errors: dict[str, OSError] = {}
             moved = []
