@@ -408,8 +408,8 @@ def publish_steps(files: Sequence[NewFile], directory: str, can_cut: bool) -> An
     """The requests of :func:`publish_files_on` as a generator: it yields lists of
     :class:`iouring.Op`, is sent each list's results, and returns the outcome."""
     from indimail_tw.iouring import (
-        AT_FDCWD, CLOSE, DRAIN, FSYNC, FTRUNCATE, HARDLINK, LINK, OPENAT, RENAMEAT, WRITE,
-        Op, address)
+        AT_FDCWD, CLOSE, FSYNC, FTRUNCATE, LINK, OPENAT, RENAMEAT, WRITE, Op, address,
+        after_all)
 
     keep: list[bytes] = []               # what the kernel reads: alive until the end
 
@@ -445,9 +445,7 @@ def publish_steps(files: Sequence[NewFile], directory: str, can_cut: bool) -> An
     tail += [Op(CLOSE, fd) for fd in fds if fd >= 0]
     if dir_fd >= 0:
         tail.append(Op(CLOSE, dir_fd))
-    if tail:
-        tail = [op._replace(flags=HARDLINK) for op in tail[:-1]] + tail[-1:]
-        tail[0] = tail[0]._replace(flags=tail[0].flags | DRAIN)
+    tail = after_all(tail)
     done = (yield ops + tail) if ops or tail else []
     errors: list[OSError | None] = [_os_error(-fd, f.path) if fd < 0 else None
                                     for f, fd in zip(files, fds, strict=True)]
@@ -468,10 +466,11 @@ def publish_steps(files: Sequence[NewFile], directory: str, can_cut: bool) -> An
     return errors, dir_error
 
 
-def unpublish(files: Sequence[NewFile], error: Exception) -> list[OSError | None]:
-    """After a ring failed in the middle of :func:`publish_files_on`: which steps ran
-    is not known, so no file counts as published; one that was renamed already
-    (its ``path`` is gone) is taken back out of its final name."""
+def unpublish(files: Sequence[NewFile | Written], error: Exception) -> list[OSError | None]:
+    """After a ring failed in the middle of :func:`publish_files_on` or
+    :func:`publish_written`: which steps ran is not known, so no file counts as
+    published; one that was renamed already (its ``path`` is gone) is taken back
+    out of its final name."""
     out: list[OSError | None] = []
     for f in files:
         if not os.path.lexists(f.path):
@@ -512,7 +511,7 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
     if rings is None:
         return None
     from indimail_tw.iouring import (
-        AT_FDCWD, CLOSE, DRAIN, FSYNC, HARDLINK, LINK, OPENAT, ORPHANS, RENAMEAT, Op, address)
+        AT_FDCWD, CLOSE, FSYNC, LINK, OPENAT, ORPHANS, RENAMEAT, Op, address, after_all)
 
     try:
         ring = rings.take()
@@ -532,18 +531,13 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
         # after the other whatever became of the one before
         tail = [Op(FSYNC, fd) for fd in dir_fds if fd >= 0]
         tail += [Op(CLOSE, f.fd) for f in files] + [Op(CLOSE, fd) for fd in dir_fds if fd >= 0]
-        tail = [op._replace(flags=HARDLINK) for op in tail[:-1]] + tail[-1:]
-        tail[0] = tail[0]._replace(flags=tail[0].flags | DRAIN)
-        done = ring.run(ops + tail)
+        done = ring.run(ops + after_all(tail))
     except Exception as e:  # noqa: BLE001 -- RingBroken, or a bug
         ring.close()                      # not reused: what it holds is unknown
         ORPHANS.append(keep)              # the kernel may still read these
-        # which steps ran is not known: none of them counts.  The fds are not closed
-        # here: if the ring closed them, their numbers may be another thread's now
-        for f in files:
-            if not os.path.lexists(f.path):
-                _unlink_quietly(f.final)
-        return [OSError(errno.EIO, f"io_uring failed: {e!r}", f.path) for f in files], None
+        # The fds are not closed here: if the ring closed them, their numbers may be
+        # another thread's now
+        return unpublish(files, e), None
     rings.give(ring)
     errors: list[OSError | None] = []
     for k, f in enumerate(files):

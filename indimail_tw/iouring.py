@@ -58,6 +58,16 @@ class Op(NamedTuple):
     flags: int = 0        # DRAIN, LINK, HARDLINK
 
 
+def after_all(ops: Sequence[Op]) -> list[Op]:
+    """``ops`` as one chain that starts once every request submitted before it has
+    completed (DRAIN), each request run whatever became of the one before it
+    (HARDLINK): for the fsyncs and closes that end a batch."""
+    out = [op._replace(flags=op.flags | HARDLINK) for op in ops[:-1]] + list(ops[-1:])
+    if out:
+        out[0] = out[0]._replace(flags=out[0].flags | DRAIN)
+    return out
+
+
 class RingBroken(Exception):
     """``io_uring_enter`` failed: which of the batch's requests ran is not known."""
 

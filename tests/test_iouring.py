@@ -219,3 +219,10 @@ def test_no_reactor_ring_where_io_uring_is_not_wanted(monkeypatch):
 def test_address_is_where_the_bytes_are():
     for data in (b"", b"path\0", bytes(range(256)) * 10):
         assert address(data) == iouring._cast_address(data)
+
+
+def test_after_all_makes_a_drained_hard_linked_chain():
+    ops = iouring.after_all([Op(FSYNC, 1), Op(FSYNC, 2), Op(FSYNC, 3)])
+    assert [op.flags for op in ops] == [iouring.DRAIN | iouring.HARDLINK, iouring.HARDLINK, 0]
+    assert iouring.after_all([Op(FSYNC, 1)])[0].flags == iouring.DRAIN
+    assert iouring.after_all([]) == []
