@@ -359,14 +359,13 @@ PUBLISH_MAX = 40
 def publish_files_on(ring: Any, files: Sequence[NewFile], directory: str) -> Any:
     """Write, fsync and rename a batch of new files, then fsync ``directory`` (where
     every ``final`` name is), all through io_uring's ``ring`` (an
-    :class:`iouring.ReactorRing`): two submissions for the batch, and the
-    reactor never waits.
+    :class:`iouring.ReactorRing`); the reactor never waits.
 
     Each file is opened (created with O_EXCL, or an existing file overwritten from
     its start), written, cut to size if asked, fsynced and renamed to ``final``
     (RENAME_NOREPLACE), in that order, each step only after the one before
     succeeded; once all files are done, ``directory`` is fsynced and the files
-    closed.  Returns None where it cannot be done that way (more than
+    closed (three submissions in all).  Returns None where it cannot be done that way (more than
     :data:`PUBLISH_MAX` files): the caller then does it its own way.  Otherwise
     a Deferred firing with one entry per file, None when it has its final name,
     else the error that stopped it (the file is then still at ``path``, closed,
@@ -409,7 +408,7 @@ def publish_steps(files: Sequence[NewFile], directory: str, can_cut: bool) -> An
     :class:`iouring.Op`, is sent each list's results, and returns the outcome."""
     from indimail_tw.iouring import (
         AT_FDCWD, CLOSE, FSYNC, FTRUNCATE, LINK, OPENAT, RENAMEAT, WRITE, Op, address,
-        after_all)
+        one_by_one)
 
     keep: list[bytes] = []               # what the kernel reads: alive until the end
 
@@ -439,14 +438,14 @@ def publish_steps(files: Sequence[NewFile], directory: str, can_cut: bool) -> An
         ops += [Op(FSYNC, fd, flags=LINK),
                 Op(RENAMEAT, AT_FDCWD, c_string(f.final), c_string(f.path),
                    AT_FDCWD & 0xFFFFFFFF, _RENAME_NOREPLACE)]
-    # after every chain: the directory's fsync, then the closes (each runs whatever
-    # happened before it: hard links)
+    done = (yield ops) if ops else []
+    # once every chain is done: the directory's fsync, then the closes
     tail = [Op(FSYNC, dir_fd)] if dir_fd >= 0 else []
     tail += [Op(CLOSE, fd) for fd in fds if fd >= 0]
     if dir_fd >= 0:
         tail.append(Op(CLOSE, dir_fd))
-    tail = after_all(tail)
-    done = (yield ops + tail) if ops or tail else []
+    if tail:
+        done += (yield one_by_one(tail))
     errors: list[OSError | None] = [_os_error(-fd, f.path) if fd < 0 else None
                                     for f, fd in zip(files, fds, strict=True)]
     for k, (i, first) in enumerate(steps):
@@ -492,7 +491,7 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
                                                        OSError | None] | None:
     """fsync each written file and rename it to its final name (RENAME_NOREPLACE),
     then fsync each directory once, and close the files: through io_uring, from
-    this thread, in two system calls for the batch.
+    this thread, in three system calls for the batch.
 
     For a caller that reports the files delivered only once this has returned
     without an error, and delivers again otherwise: a renamed file is durable
@@ -511,7 +510,7 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
     if rings is None:
         return None
     from indimail_tw.iouring import (
-        AT_FDCWD, CLOSE, FSYNC, LINK, OPENAT, ORPHANS, RENAMEAT, Op, address, after_all)
+        AT_FDCWD, CLOSE, FSYNC, LINK, OPENAT, ORPHANS, RENAMEAT, Op, address, one_by_one)
 
     try:
         ring = rings.take()
@@ -527,11 +526,11 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
             ops += [Op(FSYNC, f.fd, flags=LINK),
                     Op(RENAMEAT, AT_FDCWD, address(keep[-2]), address(keep[-1]),
                        AT_FDCWD & 0xFFFFFFFF, _RENAME_NOREPLACE)]
-        # once every chain is done: each directory's fsync, then every close, one
-        # after the other whatever became of the one before
+        done = ring.run(ops)
+        # then each directory's fsync, then every close, one after the other
         tail = [Op(FSYNC, fd) for fd in dir_fds if fd >= 0]
         tail += [Op(CLOSE, f.fd) for f in files] + [Op(CLOSE, fd) for fd in dir_fds if fd >= 0]
-        done = ring.run(ops + after_all(tail))
+        done += ring.run(one_by_one(tail))
     except Exception as e:  # noqa: BLE001 -- RingBroken, or a bug
         ring.close()                      # not reused: what it holds is unknown
         ORPHANS.append(keep)              # the kernel may still read these

@@ -9,8 +9,8 @@ files are written, fsynced and renamed (and is the only caller).
 A request is an :class:`Op`; :meth:`Ring.run` returns each one's result (the
 system call's return value, or ``-errno``) in the order given.  Requests may be
 chained (``flags=LINK``: the next one starts only once this one has succeeded;
-if it fails, the rest of the chain completes with ``-ECANCELED``), or wait for
-everything submitted before them (``DRAIN``).
+if it fails, the rest of the chain completes with ``-ECANCELED``; ``HARDLINK``:
+the next one starts whatever became of this one).
 
 The rings are shared memory (``mmap``) laid out by the kernel; the offsets of
 their fields come from ``io_uring_setup`` (``struct io_uring_params``).
@@ -32,10 +32,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from twisted.logger import Logger
+
+_log = Logger(namespace="indimail_tw.iouring")
+
 # opcodes (enum io_uring_op)
 FSYNC, OPENAT, CLOSE, WRITE, RENAMEAT, FTRUNCATE = 3, 18, 19, 23, 35, 55
 # sqe flags
-DRAIN, LINK, HARDLINK = 2, 4, 8
+LINK, HARDLINK = 4, 8
 AT_FDCWD = -100
 
 _SETUP, _ENTER, _REGISTER = 425, 426, 427          # x86_64 system call numbers
@@ -55,17 +59,15 @@ class Op(NamedTuple):
     addr: int = 0         # a buffer or the (first) path
     len: int = 0          # bytes, or the mode (OPENAT), or the second dir fd (RENAMEAT)
     op_flags: int = 0     # open flags, rename flags, fsync flags
-    flags: int = 0        # DRAIN, LINK, HARDLINK
+    flags: int = 0        # LINK, HARDLINK
 
 
-def after_all(ops: Sequence[Op]) -> list[Op]:
-    """``ops`` as one chain that starts once every request submitted before it has
-    completed (DRAIN), each request run whatever became of the one before it
-    (HARDLINK): for the fsyncs and closes that end a batch."""
-    out = [op._replace(flags=op.flags | HARDLINK) for op in ops[:-1]] + list(ops[-1:])
-    if out:
-        out[0] = out[0]._replace(flags=out[0].flags | DRAIN)
-    return out
+def one_by_one(ops: Sequence[Op]) -> list[Op]:
+    """``ops`` as one chain, each request run after the one before it whatever became
+    of it (HARDLINK): one kernel worker for all of them.  (What must wait for other
+    requests is submitted once they have completed: IOSQE_IO_DRAIN was seen to leave
+    requests behind a long linked chain pending for good.)"""
+    return [op._replace(flags=op.flags | HARDLINK) for op in ops[:-1]] + list(ops[-1:])
 
 
 class RingBroken(Exception):
@@ -283,10 +285,14 @@ class ReactorRing:
 
     At most :attr:`Ring.entries` requests are in the kernel at once (the
     completion ring holds twice as many, so it cannot overflow); batches beyond
-    that wait their turn in order.  If ``io_uring_enter`` fails, every batch in
-    the ring fails with RingBroken (which of their requests ran is not known)
-    and so does every later one.
+    that wait their turn in order.  If ``io_uring_enter`` fails, or a batch has
+    not completed after :attr:`stall` seconds, every batch in the ring fails
+    with RingBroken (which of their requests ran is not known) and so does
+    every later one: the caller then does its work another way.
     """
+
+    #: Seconds after which a batch the kernel has not completed counts as lost.
+    stall = 120.0
 
     def __init__(self, reactor: Any, ring: Ring | None = None) -> None:
         self.reactor = reactor
@@ -305,6 +311,8 @@ class ReactorRing:
         self._in_kernel = 0                # requests pushed and not yet completed
         self._unsubmitted = 0              # pushed, not yet taken by io_uring_enter
         self._retry: Any = None
+        self._pushed: dict[int, float] = {}  # batch -> when it went to the kernel
+        self._watch: Any = None
         self.broken: RingBroken | None = None
         self._idle: list[Any] = []
         self._watched = False              # the reactor watches the eventfd (from the
@@ -360,8 +368,9 @@ class ReactorRing:
         if self._watched:
             self.reactor.removeReader(self)
             self._watched = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
+        for timer in (self._retry, self._watch):
+            if timer is not None and timer.active():
+                timer.cancel()
         self.ring.close()
         with contextlib.suppress(OSError):
             os.close(self._efd)
@@ -373,6 +382,9 @@ class ReactorRing:
             batch = self._next
             self._next += 1
             self._batches[batch] = ([0] * len(ops), [len(ops)], d)
+            self._pushed[batch] = self.reactor.seconds()
+            if self._watch is None:
+                self._watch = self.reactor.callLater(self.stall, self._check)
             base = batch << _TOKEN_BITS
             self.ring.push(ops, range(base, base + len(ops)))
             self._in_kernel += len(ops)
@@ -406,6 +418,7 @@ class ReactorRing:
             left[0] -= 1
             if not left[0]:
                 del self._batches[token >> _TOKEN_BITS]
+                del self._pushed[token >> _TOKEN_BITS]
                 finished.append((d, results))
         if finished:
             self._push()
@@ -413,8 +426,27 @@ class ReactorRing:
             d.callback(results)
         self._check_idle()
 
+    def _check(self) -> None:
+        """The watchdog: a batch older than :attr:`stall` breaks the ring."""
+        self._watch = None
+        if not self._pushed or self.broken is not None:
+            return
+        oldest = min(self._pushed.values())
+        late = self.reactor.seconds() - oldest
+        if late >= self.stall:
+            _log.error("io_uring: requests submitted {late:.0f} s ago have not completed; "
+                       "using threads from now on", late=late)
+            self._fail(RingBroken(f"requests did not complete in {late:.0f} s"))
+            return
+        self._watch = self.reactor.callLater(oldest + self.stall - self.reactor.seconds(),
+                                             self._check)
+
     def _fail(self, error: RingBroken) -> None:
         self.broken = error
+        self._pushed.clear()
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
         failed = [d for _, _, d in self._batches.values()] + [d for _, d in self._waiting]
         self._batches.clear()
         self._waiting.clear()

@@ -221,8 +221,36 @@ def test_address_is_where_the_bytes_are():
         assert address(data) == iouring._cast_address(data)
 
 
-def test_after_all_makes_a_drained_hard_linked_chain():
-    ops = iouring.after_all([Op(FSYNC, 1), Op(FSYNC, 2), Op(FSYNC, 3)])
-    assert [op.flags for op in ops] == [iouring.DRAIN | iouring.HARDLINK, iouring.HARDLINK, 0]
-    assert iouring.after_all([Op(FSYNC, 1)])[0].flags == iouring.DRAIN
-    assert iouring.after_all([]) == []
+def test_one_by_one_makes_a_hard_linked_chain():
+    ops = iouring.one_by_one([Op(FSYNC, 1), Op(FSYNC, 2), Op(FSYNC, 3)])
+    assert [op.flags for op in ops] == [iouring.HARDLINK, iouring.HARDLINK, 0]
+    assert iouring.one_by_one([]) == []
+
+
+def test_a_batch_the_kernel_never_completes_breaks_the_ring_after_a_while():
+    reactor = ReadersClock()
+    scripted = ScriptedRing()
+    ring = ReactorRing(reactor, scripted)
+    done = _fired(ring.submit([Op(FSYNC, 1)]))
+    reactor.advance(ring.stall / 2)
+    late = _fired(ring.submit([Op(FSYNC, 2)]))
+    scripted.complete(1)                      # the first completes, the second never
+    ring.doRead()
+    assert done == [[0]] and late == []
+    reactor.advance(ring.stall / 2)           # the first would be late now: it is done
+    assert late == [] and ring.broken is None
+    reactor.advance(ring.stall / 2)
+    assert late[0].check(RingBroken) and ring.broken is not None
+    assert _fired(ring.submit([Op(FSYNC, 3)]))[0].check(RingBroken)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_batches_that_complete_leave_no_watchdog_behind():
+    reactor = ReadersClock()
+    scripted = ScriptedRing()
+    ring = ReactorRing(reactor, scripted)
+    ring.submit([Op(FSYNC, 1)])
+    scripted.complete(1)
+    ring.doRead()
+    reactor.advance(ring.stall)
+    assert ring.broken is None and reactor.getDelayedCalls() == []

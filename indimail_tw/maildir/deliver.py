@@ -115,7 +115,7 @@ class _Links:
 
         Where io_uring can be had (:func:`fsutil.publish_written`) each file is
         renamed into ``new/`` instead (never over a file) and every ``new/`` is
-        fsynced, all in two system calls: a crash before that fsync may lose a
+        fsynced, all in three system calls: a crash before that fsync may lose a
         renamed file, but none of the batch is reported delivered before it, so
         the queue delivers it again.
         """

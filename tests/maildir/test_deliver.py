@@ -262,7 +262,7 @@ def test_shared_syncs_failure_keeps_the_tmp_names(maildir, message, monkeypatch)
 
 def test_shared_syncs_through_io_uring_rename_into_new(tmp_path, message, monkeypatch):
     """Where io_uring can be had, a batch's files are fsynced, renamed into new/ and
-    each new/ fsynced in two system calls: no link, no unlink, no fsync of our own."""
+    each new/ fsynced in three system calls: no link, no unlink, no fsync of our own."""
     from indimail_tw.maildir.deliver import shared_syncs
 
     if fsutil._uring() is None:

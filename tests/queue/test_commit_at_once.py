@@ -150,9 +150,8 @@ def test_a_failed_directory_fsync_unwinds_the_batch(store, ring):
     pump(ring, store.apply_on(ring, Runner(), [("retire", old.id, b"")]))
 
     def dir_fsync_fails(ops, results):
-        if ops[0].opcode == iouring.WRITE:          # the second step: make it fail
-            first_tail = max(i for i, op in enumerate(ops) if op.opcode == iouring.RENAMEAT) + 1
-            results[first_tail] = -errno.EIO
+        if ops[0].opcode == iouring.FSYNC and ops[-1].opcode == iouring.CLOSE:   # the last step
+            results[0] = -errno.EIO
         return results
 
     faulty = FaultyRing(ring, after=dir_fsync_fails)
