@@ -304,6 +304,8 @@ class ReactorRing:
                              1) < 0:
             err = ctypes.get_errno()
             os.close(self._efd)
+            if ring is None:
+                self.ring.close()
             raise OSError(err, os.strerror(err))
         self._batches: dict[int, tuple[list[int], list[int], Any]] = {}  # results, left, d
         self._waiting: list[tuple[list[Op], Any]] = []
