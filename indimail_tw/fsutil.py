@@ -551,7 +551,8 @@ def publish_written(files: Sequence[Written]) -> tuple[list[OSError | None],
     return errors, dir_error
 
 
-#: Requests :func:`publish_written` puts in one ring at most.
+#: A bound on the requests of one :func:`publish_written` call (its chains, and then its
+#: fsyncs and closes, each fit a ring of 256).
 _URING_PUBLISH_OPS = 250
 
 

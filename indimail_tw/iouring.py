@@ -238,7 +238,6 @@ class RingPool:
         self._make = make
         self._free: list[Ring] = []
         self._lock = threading.Lock()
-        self.ftruncate = False          # whether the kernel has IORING_OP_FTRUNCATE
 
     def take(self) -> Ring:
         with self._lock:
@@ -261,9 +260,7 @@ def load_pool() -> RingPool | None:
         return None
     pool = RingPool()
     try:
-        ring = pool.take()
-        pool.ftruncate = ring.supports(FTRUNCATE)
-        pool.give(ring)
+        pool.give(pool.take())
     except (OSError, AttributeError, ImportError, ValueError):
         return None
     os.register_at_fork(after_in_child=pool.forget)

@@ -927,16 +927,16 @@ class Spares:
             except FileNotFoundError:
                 room = False
             if not room:
-                self._forget(name)
+                self.forget(name)
         if not room:
             _unlink(path)
             return
         try:
             fsutil.rename(path, os.path.join(self.path, name))
         except FileNotFoundError:
-            self._forget(name)
+            self.forget(name)
         except BaseException:
-            self._forget(name)
+            self.forget(name)
             raise
 
     def pick(self) -> tuple[str, int] | None:
@@ -974,9 +974,7 @@ class Spares:
         return True
 
     def forget(self, name: str) -> None:
-        self._forget(name)
-
-    def _forget(self, name: str) -> None:
+        """Take back a name whose file did not come (:meth:`give`, :meth:`reserve`)."""
         with self._lock:
             self._held.discard(name)
             self._sizes.pop(name, None)
